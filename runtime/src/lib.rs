@@ -1,0 +1,25 @@
+//! Shared plumbing for every NomadWave binary, written once.
+//!
+//! This crate knows nothing about feeds or tables. It gives each service:
+//! - [`nats`]: connection options from flags/env (URL list, user/password, token, creds, TLS)
+//!   and a connect that fails with a one-line error naming the setting;
+//! - [`provision`]: idempotent creation of streams, pull consumers and KV buckets;
+//! - [`http`]: one port per process serving `/metrics`, `/healthz` and `/readyz`;
+//! - [`telemetry`]: tracing in text or JSON, and the Prometheus recorder;
+//! - [`shutdown`]: the process-wide cancellation token fired by SIGINT/SIGTERM;
+//! - [`retry`]: named `backon` retry policies and the loop that logs and counts each retry;
+//! - [`config`]: the configuration error type and the exit codes every `main` uses.
+
+pub mod config;
+pub mod http;
+pub mod nats;
+pub mod provision;
+pub mod retry;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{exit_code, parse_duration, ConfigError, Secret, EXIT_BAD_CONFIG, EXIT_RUNTIME_FAILURE};
+pub use http::{Health, HttpArgs};
+pub use nats::{NatsArgs, NatsSettings};
+pub use retry::{ErrorClass, RetryPolicy};
+pub use telemetry::LogArgs;

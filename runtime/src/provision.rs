@@ -1,0 +1,208 @@
+//! Idempotent declaration of every JetStream object NomadWave uses.
+//!
+//! Every long-running command calls these at startup, so any of them can start first and a
+//! restart never fails because an object already exists. Settings we own (subjects, duplicate
+//! window, retention) are brought up to date on existing streams.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use schema::kind::{DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS};
+use schema::Kind;
+use thiserror::Error;
+
+/// Default window in which JetStream drops a repeated `Nats-Msg-Id`.
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// Default retention of event streams; long enough to replay a week of backfill.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Retention and dedupe settings of the event streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPolicy {
+    /// Window in which a repeated `Nats-Msg-Id` is dropped by the server.
+    pub duplicate_window: Duration,
+    /// How long messages are kept (replay horizon).
+    pub max_age: Duration,
+    /// Stream replicas in a clustered JetStream.
+    pub replicas: usize,
+}
+
+impl Default for StreamPolicy {
+    fn default() -> StreamPolicy {
+        StreamPolicy {
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            max_age: DEFAULT_MAX_AGE,
+            replicas: 1,
+        }
+    }
+}
+
+/// Why a JetStream object could not be declared.
+#[derive(Debug, Error)]
+pub enum ProvisionError {
+    /// The stream could not be read, created or updated.
+    #[error("cannot declare stream {stream}: {detail}; is JetStream enabled on the server (-js)?")]
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// The server's or client's message.
+        detail: String,
+    },
+    /// The consumer could not be created or updated.
+    #[error("cannot declare consumer {consumer} on stream {stream}: {detail}")]
+    Consumer {
+        /// Stream name.
+        stream: String,
+        /// Durable consumer name.
+        consumer: String,
+        /// The server's or client's message.
+        detail: String,
+    },
+    /// The key-value bucket could not be opened or created.
+    #[error("cannot declare key-value bucket {bucket}: {detail}")]
+    KeyValue {
+        /// Bucket name.
+        bucket: String,
+        /// The server's or client's message.
+        detail: String,
+    },
+}
+
+/// Stream configuration of an event kind under `policy`.
+pub fn event_stream_config(kind: Kind, policy: &StreamPolicy) -> stream::Config {
+    stream::Config {
+        name: kind.stream_name().to_owned(),
+        description: Some(format!("NomadWave {kind} events")),
+        subjects: vec![kind.subject_filter()],
+        duplicate_window: policy.duplicate_window,
+        max_age: policy.max_age,
+        num_replicas: policy.replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// Declares the `WAVE`, `WEATHER`, `CARBON` and dead-letter streams.
+///
+/// # Errors
+///
+/// Returns the first stream that could not be declared.
+pub async fn ensure_event_streams(
+    jetstream: &jetstream::Context,
+    policy: &StreamPolicy,
+) -> Result<(), ProvisionError> {
+    for kind in Kind::ALL {
+        ensure_stream(jetstream, event_stream_config(kind, policy)).await?;
+    }
+    ensure_stream(
+        jetstream,
+        stream::Config {
+            name: DEAD_LETTER_STREAM.to_owned(),
+            description: Some("NomadWave messages rejected by a consumer, with the reason in headers".into()),
+            subjects: vec![DEAD_LETTER_SUBJECTS.to_owned()],
+            duplicate_window: policy.duplicate_window,
+            // Dead letters wait for a human; keep them at least as long as the events.
+            max_age: policy.max_age,
+            num_replicas: policy.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates `config`'s stream, or brings the settings we own up to date on an existing one.
+///
+/// # Errors
+///
+/// Returns [`ProvisionError::Stream`] when the server refuses.
+pub async fn ensure_stream(
+    jetstream: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, ProvisionError> {
+    let name = config.name.clone();
+    let stream_error = |detail: String| ProvisionError::Stream {
+        stream: name.clone(),
+        detail,
+    };
+    let mut existing = jetstream
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|error| stream_error(error.to_string()))?;
+    let info = existing
+        .info()
+        .await
+        .map_err(|error| stream_error(error.to_string()))?;
+    let current = &info.config;
+    let differs = current.subjects != config.subjects
+        || current.duplicate_window != config.duplicate_window
+        || current.max_age != config.max_age;
+    if differs {
+        tracing::info!(stream = %name, "updating stream settings");
+        let mut updated = current.clone();
+        updated.subjects = config.subjects;
+        updated.duplicate_window = config.duplicate_window;
+        updated.max_age = config.max_age;
+        jetstream
+            .update_stream(updated)
+            .await
+            .map_err(|error| stream_error(error.to_string()))?;
+    }
+    jetstream
+        .get_stream(&name)
+        .await
+        .map_err(|error| stream_error(error.to_string()))
+}
+
+/// Creates a durable pull consumer, or updates the editable settings of an existing one.
+///
+/// # Errors
+///
+/// Returns [`ProvisionError::Consumer`] when the server refuses, for example because a
+/// non-editable setting (filter, deliver policy) changed.
+pub async fn ensure_pull_consumer(
+    stream: &stream::Stream,
+    config: consumer::pull::Config,
+) -> Result<consumer::PullConsumer, ProvisionError> {
+    let consumer_name = config.durable_name.clone().unwrap_or_default();
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|error| ProvisionError::Consumer {
+            stream: stream.cached_info().config.name.clone(),
+            consumer: consumer_name,
+            detail: error.to_string(),
+        })
+}
+
+/// Opens a key-value bucket, creating it with `history` revisions per key if missing.
+///
+/// # Errors
+///
+/// Returns [`ProvisionError::KeyValue`] when the bucket can be neither opened nor created.
+pub async fn ensure_kv(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    history: i64,
+) -> Result<kv::Store, ProvisionError> {
+    if let Ok(store) = jetstream.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let created = jetstream
+        .create_key_value(kv::Config {
+            bucket: bucket.to_owned(),
+            history,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Another process may have created it between our two calls.
+        Err(create_error) => jetstream.get_key_value(bucket).await.map_err(|_| ProvisionError::KeyValue {
+            bucket: bucket.to_owned(),
+            detail: create_error.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,31 @@
+//! NomadWave's wire contract: the normalized events every ingest binary publishes and the sink
+//! writes.
+//!
+//! This crate is pure: serde types, units, validation and deterministic ids, with no I/O and no
+//! async runtime. Everything that crosses JetStream is defined here once.
+//!
+//! Layout:
+//! - [`kind`]: the three event kinds and the stream/subject names derived from them;
+//! - [`observation`]: the measurement types ([`WaveObservation`], [`WeatherObservation`],
+//!   [`CarbonIntensity`]) and their validation;
+//! - [`event`]: the envelope ([`Event`]) with schema version, source, ingest time and id;
+//! - [`id`]: the deterministic [`EventId`];
+//! - [`dead_letter`]: header names used when a message is dead-lettered.
+
+pub mod dead_letter;
+pub mod event;
+pub mod id;
+pub mod kind;
+pub mod observation;
+
+pub use event::{DecodeError, Event};
+pub use id::{ContentHasher, EventId};
+pub use kind::Kind;
+pub use observation::{
+    CarbonIntensity, Observation, ValidationError, WaveObservation, WeatherObservation,
+};
+
+/// The schema version this build writes and the only one it accepts.
+///
+/// Bump it when a field changes meaning or type; consumers dead-letter versions they do not know.
+pub const SCHEMA_VERSION: u16 = 1;

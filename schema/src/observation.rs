@@ -1,0 +1,257 @@
+//! The measurements each event kind carries, in SI units, with physical-range validation.
+//!
+//! Every measurement field names its unit. A value the source does not give is `None` (JSON
+//! `null`), never 0.
+
+use std::fmt::Debug;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::id::ContentHasher;
+use crate::kind::Kind;
+
+/// A measurement type that can travel in an [`Event`](crate::Event).
+pub trait Observation: Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send + Sync {
+    /// The kind every event carrying this observation has.
+    const KIND: Kind;
+
+    /// The site or zone id: part of the natural key and of the subject.
+    fn site(&self) -> &str;
+
+    /// When the source observed it (UTC): part of the natural key.
+    fn observed_at(&self) -> DateTime<Utc>;
+
+    /// Checks every measurement against its physical range.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first field that is out of range, or an empty site.
+    fn validate(&self) -> Result<(), ValidationError>;
+
+    /// Feeds every measurement, in a fixed order, into an event id.
+    fn hash_content(&self, hasher: &mut ContentHasher);
+}
+
+/// Why an observation is physically implausible.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ValidationError {
+    /// A measurement lies outside the range the sensor can produce.
+    #[error("{field} = {value} is outside {min}..={max} {unit}")]
+    OutOfRange {
+        /// JSON name of the field.
+        field: &'static str,
+        /// The rejected value.
+        value: f64,
+        /// Smallest accepted value.
+        min: f64,
+        /// Largest accepted value.
+        max: f64,
+        /// Unit of the field.
+        unit: &'static str,
+    },
+    /// The site or zone id is empty.
+    #[error("{field} is empty")]
+    EmptySite {
+        /// JSON name of the field (`site` or `zone`).
+        field: &'static str,
+    },
+}
+
+/// One wave buoy reading (IMOS/AODN or a Pi buoy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaveObservation {
+    /// Buoy site id.
+    pub site: String,
+    /// Time of the observation (RFC 3339, UTC).
+    pub observed_at: DateTime<Utc>,
+    /// Significant wave height, metres.
+    pub wave_height_m: Option<f64>,
+    /// Maximum wave height, metres.
+    pub wave_height_max_m: Option<f64>,
+    /// Peak wave period, seconds.
+    pub peak_period_s: Option<f64>,
+    /// Mean (zero-crossing) wave period, seconds.
+    pub mean_period_s: Option<f64>,
+    /// Direction waves come from, degrees true.
+    pub wave_direction_deg: Option<f64>,
+    /// Sea surface temperature, °C.
+    pub sea_temp_c: Option<f64>,
+    /// Latitude, decimal degrees.
+    pub lat: Option<f64>,
+    /// Longitude, decimal degrees.
+    pub lon: Option<f64>,
+}
+
+/// One weather station reading (Bureau of Meteorology, rtl_433 station).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeatherObservation {
+    /// Station id.
+    pub site: String,
+    /// Time of the observation (RFC 3339, UTC).
+    pub observed_at: DateTime<Utc>,
+    /// Mean wind speed, m/s.
+    pub wind_speed_ms: Option<f64>,
+    /// Wind gust, m/s.
+    pub wind_gust_ms: Option<f64>,
+    /// Direction the wind comes from, degrees true.
+    pub wind_direction_deg: Option<f64>,
+    /// Air temperature, °C.
+    pub air_temp_c: Option<f64>,
+    /// Pressure, hPa.
+    pub pressure_hpa: Option<f64>,
+    /// Relative humidity, percent.
+    pub rel_humidity_pct: Option<f64>,
+    /// Swell height, metres.
+    pub swell_height_m: Option<f64>,
+    /// Swell period, seconds.
+    pub swell_period_s: Option<f64>,
+}
+
+/// Carbon intensity of a grid zone's electricity (Electricity Maps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CarbonIntensity {
+    /// Grid zone id, e.g. `DK-DK2`.
+    pub zone: String,
+    /// Start of the hour or instant the value describes (RFC 3339, UTC).
+    pub observed_at: DateTime<Utc>,
+    /// Life-cycle carbon intensity, gCO2eq/kWh.
+    pub carbon_intensity_g_per_kwh: f64,
+    /// Whether the source marks the value as an estimate; `None` when it does not say.
+    pub is_estimated: Option<bool>,
+}
+
+impl Observation for WaveObservation {
+    const KIND: Kind = Kind::Wave;
+
+    fn site(&self) -> &str {
+        &self.site
+    }
+
+    fn observed_at(&self) -> DateTime<Utc> {
+        self.observed_at
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        require_site("site", &self.site)?;
+        check("wave_height_m", self.wave_height_m, 0.0, 30.0, "m")?;
+        check("wave_height_max_m", self.wave_height_max_m, 0.0, 40.0, "m")?;
+        check("peak_period_s", self.peak_period_s, 0.0, 40.0, "s")?;
+        check("mean_period_s", self.mean_period_s, 0.0, 40.0, "s")?;
+        check("wave_direction_deg", self.wave_direction_deg, 0.0, 360.0, "°")?;
+        check("sea_temp_c", self.sea_temp_c, -5.0, 40.0, "°C")?;
+        check("lat", self.lat, -90.0, 90.0, "°")?;
+        check("lon", self.lon, -180.0, 360.0, "°")
+    }
+
+    fn hash_content(&self, hasher: &mut ContentHasher) {
+        for value in [
+            self.wave_height_m,
+            self.wave_height_max_m,
+            self.peak_period_s,
+            self.mean_period_s,
+            self.wave_direction_deg,
+            self.sea_temp_c,
+            self.lat,
+            self.lon,
+        ] {
+            hasher.optional_number(value);
+        }
+    }
+}
+
+impl Observation for WeatherObservation {
+    const KIND: Kind = Kind::Weather;
+
+    fn site(&self) -> &str {
+        &self.site
+    }
+
+    fn observed_at(&self) -> DateTime<Utc> {
+        self.observed_at
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        require_site("site", &self.site)?;
+        check("wind_speed_ms", self.wind_speed_ms, 0.0, 120.0, "m/s")?;
+        check("wind_gust_ms", self.wind_gust_ms, 0.0, 150.0, "m/s")?;
+        check("wind_direction_deg", self.wind_direction_deg, 0.0, 360.0, "°")?;
+        check("air_temp_c", self.air_temp_c, -90.0, 60.0, "°C")?;
+        check("pressure_hpa", self.pressure_hpa, 800.0, 1100.0, "hPa")?;
+        check("rel_humidity_pct", self.rel_humidity_pct, 0.0, 100.0, "%")?;
+        check("swell_height_m", self.swell_height_m, 0.0, 30.0, "m")?;
+        check("swell_period_s", self.swell_period_s, 0.0, 40.0, "s")
+    }
+
+    fn hash_content(&self, hasher: &mut ContentHasher) {
+        for value in [
+            self.wind_speed_ms,
+            self.wind_gust_ms,
+            self.wind_direction_deg,
+            self.air_temp_c,
+            self.pressure_hpa,
+            self.rel_humidity_pct,
+            self.swell_height_m,
+            self.swell_period_s,
+        ] {
+            hasher.optional_number(value);
+        }
+    }
+}
+
+impl Observation for CarbonIntensity {
+    const KIND: Kind = Kind::Carbon;
+
+    fn site(&self) -> &str {
+        &self.zone
+    }
+
+    fn observed_at(&self) -> DateTime<Utc> {
+        self.observed_at
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        require_site("zone", &self.zone)?;
+        check(
+            "carbon_intensity_g_per_kwh",
+            Some(self.carbon_intensity_g_per_kwh),
+            0.0,
+            3000.0,
+            "gCO2eq/kWh",
+        )
+    }
+
+    fn hash_content(&self, hasher: &mut ContentHasher) {
+        hasher.number(self.carbon_intensity_g_per_kwh);
+        hasher.optional_flag(self.is_estimated);
+    }
+}
+
+fn require_site(field: &'static str, site: &str) -> Result<(), ValidationError> {
+    if site.trim().is_empty() {
+        return Err(ValidationError::EmptySite { field });
+    }
+    Ok(())
+}
+
+fn check(
+    field: &'static str,
+    value: Option<f64>,
+    min: f64,
+    max: f64,
+    unit: &'static str,
+) -> Result<(), ValidationError> {
+    match value {
+        // `contains` is false for NaN, so NaN is rejected too.
+        Some(number) if !(min..=max).contains(&number) => Err(ValidationError::OutOfRange {
+            field,
+            value: number,
+            min,
+            max,
+            unit,
+        }),
+        _ => Ok(()),
+    }
+}
