@@ -373,3 +373,23 @@ mod tests {
         check_rejected(cert_only, "--nats-tls-key/NATS_TLS_KEY");
     }
 }
+
+/// Keeps the `nats` readiness check in line with the client's connection state.
+pub fn report_connection(
+    client: Client,
+    health: crate::Health,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => match client.connection_state() {
+                    async_nats::connection::State::Connected => health.set_ready("nats"),
+                    state => health.set_not_ready("nats", format!("{state:?}")),
+                },
+            }
+        }
+    });
+}

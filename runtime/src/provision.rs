@@ -28,6 +28,34 @@ pub struct StreamPolicy {
     pub replicas: usize,
 }
 
+/// Stream retention and dedupe flags, flattened into every command that declares streams.
+///
+/// Every process declaring the streams must use the same values, or they would keep updating
+/// each other's settings; set them once in the environment of all jobs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamArgs {
+    /// Window in which JetStream drops a repeated Nats-Msg-Id.
+    #[arg(long, env = "NOMADWAVE_DUPLICATE_WINDOW", default_value = "10m", value_parser = crate::config::parse_duration)]
+    pub duplicate_window: Duration,
+    /// How long event streams keep messages (the replay horizon).
+    #[arg(long, env = "NOMADWAVE_STREAM_MAX_AGE", default_value = "30days", value_parser = crate::config::parse_duration)]
+    pub stream_max_age: Duration,
+    /// Replicas of each stream in a clustered JetStream.
+    #[arg(long, env = "NOMADWAVE_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+}
+
+impl StreamArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> StreamPolicy {
+        StreamPolicy {
+            duplicate_window: self.duplicate_window,
+            max_age: self.stream_max_age,
+            replicas: self.stream_replicas,
+        }
+    }
+}
+
 impl Default for StreamPolicy {
     fn default() -> StreamPolicy {
         StreamPolicy {

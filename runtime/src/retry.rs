@@ -8,7 +8,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -116,10 +116,10 @@ pub enum RetryError<E> {
 /// [`RetryError::Failed`] with the last error once it is not transient or attempts run out;
 /// [`RetryError::Cancelled`] when `shutdown` fires first.
 pub async fn retry<T, E, Operation, Attempt, Classify>(
-    policy: &RetryPolicy,
+    policy: RetryPolicy,
     shutdown: &CancellationToken,
     classify: Classify,
-    operation: Operation,
+    mut operation: Operation,
 ) -> Result<T, RetryError<E>>
 where
     E: Display,
@@ -127,27 +127,36 @@ where
     Attempt: Future<Output = Result<T, E>>,
     Classify: Fn(&E) -> ErrorClass,
 {
+    let mut delays = policy.backoff().build();
     let mut attempt: u64 = 0;
-    let operation_name = policy.operation;
-    let retried = operation
-        .retry(policy.backoff())
-        .sleep(tokio::time::sleep)
-        .when(|error| classify(error) == ErrorClass::Transient)
-        .notify(|error, delay| {
-            attempt += 1;
-            tracing::warn!(
-                operation = operation_name,
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                %error,
-                "transient failure; retrying"
-            );
-            metrics::counter!("nomadwave_retries_total", "operation" => operation_name)
-                .increment(1);
-        });
-    tokio::select! {
-        result = retried => result.map_err(RetryError::Failed),
-        () = shutdown.cancelled() => Err(RetryError::Cancelled),
+    loop {
+        let result = tokio::select! {
+            result = operation() => result,
+            () = shutdown.cancelled() => return Err(RetryError::Cancelled),
+        };
+        let error = match result {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        if classify(&error) != ErrorClass::Transient {
+            return Err(RetryError::Failed(error));
+        }
+        let Some(delay) = delays.next() else {
+            return Err(RetryError::Failed(error));
+        };
+        attempt += 1;
+        tracing::warn!(
+            operation = policy.operation,
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            %error,
+            "transient failure; retrying"
+        );
+        metrics::counter!("nomadwave_retries_total", "operation" => policy.operation).increment(1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Err(RetryError::Cancelled),
+        }
     }
 }
 
@@ -172,7 +181,7 @@ mod tests {
         let calls = AtomicUsize::new(0);
         let token = CancellationToken::new();
         let result: Result<u32, RetryError<&str>> = retry(
-            &RetryPolicy::PUBLISH,
+            RetryPolicy::PUBLISH,
             &token,
             |_| ErrorClass::Transient,
             || async {
@@ -188,7 +197,7 @@ mod tests {
 
         let permanent_calls = AtomicUsize::new(0);
         let result: Result<u32, RetryError<&str>> = retry(
-            &RetryPolicy::PUBLISH,
+            RetryPolicy::PUBLISH,
             &token,
             |_| ErrorClass::Permanent,
             || async {
@@ -210,7 +219,7 @@ mod tests {
             cancel.cancel();
         });
         let result: Result<(), RetryError<&str>> = retry(
-            &RetryPolicy::INSERT,
+            RetryPolicy::INSERT,
             &token,
             |_| ErrorClass::Transient,
             || async { Err("down") },

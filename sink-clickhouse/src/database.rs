@@ -1,0 +1,351 @@
+//! ClickHouse access: version detection, migrations, the redelivery check and inserts.
+//!
+//! This is the only module that talks to ClickHouse. It works on the Debian 18.16 server and on
+//! current releases: `DateTime` (not `DateTime64`), no `LowCardinality`, and the client's
+//! schema validation is switched on only where the server supports it.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use clickhouse::sql::Identifier;
+use clickhouse::Client;
+use runtime::ErrorClass;
+use thiserror::Error;
+
+use crate::config::ClickHouseSettings;
+use crate::rows::StoredObservation;
+
+/// A ClickHouse server version, as `major.minor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    /// Major (year-based since 18.x).
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    /// Parses `version()` output such as `18.16.1` or `24.8.4.13`.
+    pub fn parse(text: &str) -> Option<ServerVersion> {
+        let mut parts = text.trim().split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(ServerVersion { major, minor })
+    }
+
+    /// Whether the server knows `insert_deduplication_token` (22.2 and later).
+    pub fn supports_insert_deduplication_token(self) -> bool {
+        self >= ServerVersion { major: 22, minor: 2 }
+    }
+
+    /// Whether the client's `RowBinaryWithNamesAndTypes` validation works (24.10 and later).
+    pub fn supports_row_validation(self) -> bool {
+        self >= ServerVersion { major: 24, minor: 10 }
+    }
+}
+
+impl fmt::Display for ServerVersion {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A failed ClickHouse operation, with what was attempted.
+#[derive(Debug, Error)]
+#[error("clickhouse {operation} on {target} failed")]
+pub struct DatabaseError {
+    /// What was attempted: `insert`, `redelivery check`, `migrate`, `version query`.
+    pub operation: &'static str,
+    /// The database or table it was attempted on.
+    pub target: String,
+    /// The client's error.
+    #[source]
+    pub source: clickhouse::error::Error,
+}
+
+impl DatabaseError {
+    /// Whether retrying can help; see [`classify_clickhouse_error`].
+    pub fn class(&self) -> ErrorClass {
+        classify_clickhouse_error(&self.source)
+    }
+
+    /// ClickHouse's numeric error code, when the server sent one.
+    pub fn code(&self) -> Option<u32> {
+        server_error_code(&self.source)
+    }
+}
+
+/// Maps a client error to a retry class.
+///
+/// Network errors, timeouts and server errors that describe load or restarts are transient.
+/// Authentication, unknown database/table/column and malformed queries are permanent: the
+/// operator must act. Unknown server codes are treated as transient, so the sink applies
+/// backpressure instead of losing data; every retry is logged and counted.
+pub fn classify_clickhouse_error(error: &clickhouse::error::Error) -> ErrorClass {
+    use clickhouse::error::Error as E;
+    match error {
+        E::Network(_) | E::TimedOut => ErrorClass::Transient,
+        E::BadResponse(_) => match server_error_code(error) {
+            Some(code) if PERMANENT_CODES.contains(&code) => ErrorClass::Permanent,
+            _ => ErrorClass::Transient,
+        },
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// Server codes no retry can fix: authentication (192-194, 497, 516), unknown
+/// database/table/column (81, 60, 16, 47), syntax (62), type mismatch (53, 70), bad input (27, 33).
+const PERMANENT_CODES: &[u32] = &[16, 27, 33, 47, 53, 60, 62, 70, 81, 192, 193, 194, 497, 516];
+
+fn server_error_code(error: &clickhouse::error::Error) -> Option<u32> {
+    let clickhouse::error::Error::BadResponse(text) = error else {
+        return None;
+    };
+    let after = text.split("Code: ").nth(1)?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// A connection to the target database, with the server's version detected once.
+#[derive(Clone)]
+pub struct Database {
+    /// Client bound to the target database.
+    client: Client,
+    /// Client without a database, for DDL and version queries that must work before
+    /// the database exists.
+    server: Client,
+    database: String,
+    version: ServerVersion,
+}
+
+impl Database {
+    /// Connects and detects the server version.
+    ///
+    /// # Errors
+    ///
+    /// A [`DatabaseError`] when the server cannot be reached or refuses the credentials.
+    pub async fn connect(settings: &ClickHouseSettings) -> Result<Database, DatabaseError> {
+        let mut server = Client::default()
+            .with_url(&settings.url)
+            .with_user(&settings.user)
+            .with_compression(clickhouse::Compression::None);
+        if let Some(password) = &settings.password {
+            server = server.with_password(password.expose());
+        }
+        let version_error = |source| DatabaseError {
+            operation: "version query",
+            target: settings.url.clone(),
+            source,
+        };
+        let version_text: String = tokio::time::timeout(
+            settings.timeout,
+            server.clone().with_validation(false).query("SELECT version()").fetch_one(),
+        )
+        .await
+        .map_err(|_elapsed| version_error(clickhouse::error::Error::TimedOut))?
+        .map_err(version_error)?;
+        let version = ServerVersion::parse(&version_text).ok_or_else(|| {
+            version_error(clickhouse::error::Error::Other(
+                format!("unrecognised server version '{version_text}'").into(),
+            ))
+        })?;
+        let validation = version.supports_row_validation();
+        tracing::info!(%version, validation, "connected to clickhouse");
+        let server = server.with_validation(validation);
+        let client = server.clone().with_database(&settings.database);
+        Ok(Database {
+            client,
+            server,
+            database: settings.database.clone(),
+            version,
+        })
+    }
+
+    /// The detected server version.
+    pub fn version(&self) -> ServerVersion {
+        self.version
+    }
+
+    /// The target database name.
+    pub fn name(&self) -> &str {
+        &self.database
+    }
+
+    /// Creates the database and the three event tables if missing.
+    ///
+    /// # Errors
+    ///
+    /// A [`DatabaseError`] naming the statement's target.
+    pub async fn migrate(&self) -> Result<(), DatabaseError> {
+        let migrate_error = |target: String| {
+            move |source| DatabaseError {
+                operation: "migrate",
+                target,
+                source,
+            }
+        };
+        self.server
+            .query("CREATE DATABASE IF NOT EXISTS ?")
+            .bind(Identifier(&self.database))
+            .execute()
+            .await
+            .map_err(migrate_error(self.database.clone()))?;
+        for statement in crate::rows::table_ddl(self.version) {
+            self.server
+                .query(&statement.sql)
+                .bind(Identifier(&self.database))
+                .execute()
+                .await
+                .map_err(migrate_error(format!("{}.{}", self.database, statement.table)))?;
+            tracing::info!(database = %self.database, table = statement.table, "table ready");
+        }
+        Ok(())
+    }
+
+    /// Highest stream sequence already written to `O`'s table (0 when empty).
+    ///
+    /// # Errors
+    ///
+    /// A [`DatabaseError`] when the query fails.
+    pub async fn max_sequence<O: StoredObservation>(&self) -> Result<u64, DatabaseError> {
+        self.client
+            .query("SELECT max(stream_seq) FROM ?")
+            .bind(Identifier(O::TABLE))
+            .fetch_one::<u64>()
+            .await
+            .map_err(|source| DatabaseError {
+                operation: "watermark query",
+                target: format!("{}.{}", self.database, O::TABLE),
+                source,
+            })
+    }
+
+    /// Which of the stream sequences in `first..=last` are already in `O`'s table.
+    ///
+    /// This is the exact redelivery check: it looks at every sequence, so a batch that a crash
+    /// left half-written (one partition's part committed, another's not) is completed without
+    /// writing any row twice.
+    ///
+    /// # Errors
+    ///
+    /// A [`DatabaseError`] when the query fails.
+    pub async fn existing_sequences<O: StoredObservation>(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> Result<HashSet<u64>, DatabaseError> {
+        let sequences = self
+            .client
+            .query("SELECT stream_seq FROM ? WHERE stream_seq >= ? AND stream_seq <= ?")
+            .bind(Identifier(O::TABLE))
+            .bind(first)
+            .bind(last)
+            .fetch_all::<u64>()
+            .await
+            .map_err(|source| DatabaseError {
+                operation: "redelivery check",
+                target: format!("{}.{}", self.database, O::TABLE),
+                source,
+            })?;
+        Ok(sequences.into_iter().collect())
+    }
+
+    /// Waits until no query with `query_id` runs on the server any more.
+    ///
+    /// After an INSERT whose outcome is unknown (timeout, dropped connection) the server may
+    /// still be writing it; checking for its rows before it finished could write them twice.
+    ///
+    /// # Errors
+    ///
+    /// A [`DatabaseError`] when the query fails.
+    pub async fn wait_until_finished(&self, query_id: &str) -> Result<(), DatabaseError> {
+        loop {
+            let running = self
+                .server
+                .query("SELECT count() FROM system.processes WHERE query_id = ?")
+                .bind(query_id)
+                .fetch_one::<u64>()
+                .await
+                .map_err(|source| DatabaseError {
+                    operation: "process check",
+                    target: query_id.to_owned(),
+                    source,
+                })?;
+            if running == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Writes `rows` with one INSERT.
+    ///
+    /// `query_id` names the INSERT on the server (see [`Database::wait_until_finished`]);
+    /// `deduplication_token` is sent as `insert_deduplication_token` where the server knows it.
+    ///
+    /// # Errors
+    ///
+    /// A [`DatabaseError`] when the INSERT is not confirmed.
+    pub async fn insert_rows<O: StoredObservation>(
+        &self,
+        rows: &[&O::Row],
+        query_id: &str,
+        deduplication_token: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), DatabaseError> {
+        let insert_error = |source| DatabaseError {
+            operation: "insert",
+            target: format!("{}.{}", self.database, O::TABLE),
+            source,
+        };
+        let mut insert = self
+            .client
+            .insert::<O::Row>(O::TABLE)
+            .await
+            .map_err(insert_error)?
+            .with_setting("query_id", query_id)
+            .with_timeouts(Some(timeout), Some(timeout));
+        if self.version.supports_insert_deduplication_token() {
+            insert = insert.with_setting("insert_deduplication_token", deduplication_token);
+        }
+        for row in rows {
+            insert.write(*row).await.map_err(insert_error)?;
+        }
+        insert.end().await.map_err(insert_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions_and_gates_features() {
+        let debian = ServerVersion::parse("18.16.1").unwrap();
+        assert!(!debian.supports_insert_deduplication_token());
+        assert!(!debian.supports_row_validation());
+        let current = ServerVersion::parse("24.12.3.47").unwrap();
+        assert!(current.supports_insert_deduplication_token());
+        assert!(current.supports_row_validation());
+        assert!(ServerVersion::parse("22.2.1").unwrap().supports_insert_deduplication_token());
+        assert!(!ServerVersion::parse("22.1.9").unwrap().supports_insert_deduplication_token());
+        assert_eq!(ServerVersion::parse("garbage"), None);
+    }
+
+    #[test]
+    fn classifies_server_codes() {
+        let check = |text: &str, class: ErrorClass| {
+            let error = clickhouse::error::Error::BadResponse(text.into());
+            assert_eq!(classify_clickhouse_error(&error), class, "{text}");
+        };
+        check("Code: 193, e.displayText() = DB::Exception: Wrong password for user default", ErrorClass::Permanent);
+        check("Code: 60, e.displayText() = DB::Exception: Table x doesn't exist.", ErrorClass::Permanent);
+        check("Code: 252. DB::Exception: Too many parts (300).", ErrorClass::Transient);
+        check("Code: 241. DB::Exception: Memory limit exceeded", ErrorClass::Transient);
+        check("no code at all", ErrorClass::Transient);
+        assert_eq!(
+            classify_clickhouse_error(&clickhouse::error::Error::TimedOut),
+            ErrorClass::Transient
+        );
+    }
+}

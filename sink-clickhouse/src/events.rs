@@ -1,0 +1,70 @@
+//! Internal events: each function logs and counts one thing the sink does, so a log line and a
+//! metric can never disagree.
+//!
+//! Metric names (all carry the global `service` label):
+//! - `nomadwave_sink_rows_written_total{kind}`
+//! - `nomadwave_sink_batches_total{kind}`
+//! - `nomadwave_sink_insert_seconds{kind}` (histogram)
+//! - `nomadwave_sink_redeliveries_skipped_total{kind}`
+//! - `nomadwave_dead_letters_total{kind, reason}`
+//! - `nomadwave_retries_total{operation}` (from `runtime::retry`)
+//! - `nomadwave_sink_consumer_pending{kind}` (gauge)
+//! - `nomadwave_sink_last_insert_timestamp_seconds{kind}` (gauge)
+
+use std::time::Duration;
+
+use schema::Kind;
+
+/// A batch was written (or found already written) and acked.
+pub fn batch_written(kind: Kind, rows_written: usize, already_applied: usize, insert_time: Duration) {
+    let label = kind.as_str();
+    metrics::counter!("nomadwave_sink_rows_written_total", "kind" => label)
+        .increment(rows_written as u64);
+    metrics::counter!("nomadwave_sink_batches_total", "kind" => label).increment(1);
+    metrics::histogram!("nomadwave_sink_insert_seconds", "kind" => label)
+        .record(insert_time.as_secs_f64());
+    metrics::gauge!("nomadwave_sink_last_insert_timestamp_seconds", "kind" => label)
+        .set(chrono::Utc::now().timestamp() as f64);
+    if already_applied > 0 {
+        metrics::counter!("nomadwave_sink_redeliveries_skipped_total", "kind" => label)
+            .increment(already_applied as u64);
+        tracing::info!(
+            kind = label,
+            already_applied,
+            "redelivered messages already in clickhouse; acked without writing"
+        );
+    }
+    tracing::debug!(
+        kind = label,
+        rows_written,
+        insert_ms = insert_time.as_millis() as u64,
+        "batch written"
+    );
+}
+
+/// A message was published to the dead-letter stream.
+pub fn dead_lettered(kind: Kind, stream_sequence: u64, reason: &'static str, detail: &str) {
+    metrics::counter!("nomadwave_dead_letters_total", "kind" => kind.as_str(), "reason" => reason)
+        .increment(1);
+    tracing::warn!(
+        kind = kind.as_str(),
+        stream_sequence,
+        reason,
+        detail,
+        "message dead-lettered"
+    );
+}
+
+/// Messages the consumer has not yet received, as JetStream reports with each message.
+pub fn consumer_pending(kind: Kind, pending: u64) {
+    metrics::gauge!("nomadwave_sink_consumer_pending", "kind" => kind.as_str()).set(pending as f64);
+}
+
+/// Makes every sink metric appear on `/metrics` from startup, at zero.
+pub fn register(kind: Kind) {
+    let label = kind.as_str();
+    metrics::counter!("nomadwave_sink_rows_written_total", "kind" => label).absolute(0);
+    metrics::counter!("nomadwave_sink_batches_total", "kind" => label).absolute(0);
+    metrics::counter!("nomadwave_sink_redeliveries_skipped_total", "kind" => label).absolute(0);
+    metrics::gauge!("nomadwave_sink_consumer_pending", "kind" => label).set(0.0);
+}

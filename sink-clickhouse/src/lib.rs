@@ -1,0 +1,206 @@
+//! `sink-clickhouse`: batches NomadWave events from JetStream into ClickHouse with
+//! exactly-once effect.
+//!
+//! Layout:
+//! - [`config`]: flags and env, validated into [`config::SinkSettings`] before any I/O;
+//! - [`database`]: the only code that talks to ClickHouse (version detection, migrations,
+//!   the exact redelivery check, inserts, error classification);
+//! - [`rows`]: row types and table DDL, one per event kind;
+//! - [`consume`]: the per-stream pull → batch → insert → ack loop;
+//! - [`events`]: log lines and metrics, emitted together.
+
+pub mod config;
+pub mod consume;
+pub mod database;
+pub mod events;
+pub mod rows;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use runtime::provision::{ensure_event_streams, StreamArgs};
+use runtime::{Health, HttpArgs, LogArgs, NatsArgs};
+use schema::{CarbonIntensity, Kind, WaveObservation, WeatherObservation};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BatchArgs, ClickHouseArgs, ClickHouseSettings, ConsumerArgs, SinkSettings};
+use crate::consume::{consume_stream, SinkContext};
+use crate::database::Database;
+
+/// Command line of `sink-clickhouse`.
+#[derive(Debug, Parser)]
+#[command(name = "sink-clickhouse", version, about = "Writes NomadWave events from JetStream to ClickHouse, exactly once")]
+pub struct Cli {
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database and event tables if missing (idempotent).
+    Migrate(MigrateArgs),
+    /// Consume the event streams into ClickHouse until SIGINT/SIGTERM.
+    Run(Box<RunArgs>),
+}
+
+/// Flags of `migrate`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// ClickHouse connection.
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+}
+
+/// Flags of `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// ClickHouse connection.
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    /// Batching.
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Consumer.
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    /// Stream retention and dedupe.
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    /// Metrics and health endpoint.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+impl RunArgs {
+    /// Validates the flags.
+    ///
+    /// # Errors
+    ///
+    /// A [`runtime::ConfigError`] naming the first unusable flag.
+    pub fn settings(&self) -> Result<SinkSettings, runtime::ConfigError> {
+        SinkSettings::from_args(
+            &self.nats,
+            &self.clickhouse,
+            &self.batch,
+            &self.consumer,
+            &self.streams,
+        )
+    }
+}
+
+/// Runs the parsed command until done or until `shutdown` fires and the drain finished.
+///
+/// # Errors
+///
+/// Bad configuration (a [`runtime::ConfigError`] in the chain) or a runtime failure, with
+/// context naming what failed.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Migrate(args) => migrate(&args).await,
+        Command::Run(args) => run_sink(&args, shutdown).await,
+    }
+}
+
+async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
+    let settings = ClickHouseSettings::from_args(&args.clickhouse)?;
+    let database = Database::connect(&settings)
+        .await
+        .with_context(|| format!("cannot reach ClickHouse at {} (--clickhouse-url/CLICKHOUSE_URL, --clickhouse-user, CLICKHOUSE_PASSWORD)", settings.url))?;
+    database.migrate().await?;
+    tracing::info!(database = database.name(), version = %database.version(), "migrations applied");
+    Ok(())
+}
+
+async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let metrics = runtime::telemetry::install_metrics("sink-clickhouse")?;
+    let health = Health::default();
+    let http = runtime::http::serve(args.http.http_listen, metrics, health.clone(), shutdown.clone()).await?;
+
+    let client = settings.nats.connect("sink-clickhouse").await?;
+    runtime::nats::report_connection(client.clone(), health.clone(), shutdown.clone());
+    let jetstream = async_nats::jetstream::new(client.clone());
+    ensure_event_streams(&jetstream, &settings.streams).await?;
+
+    let database = Database::connect(&settings.clickhouse)
+        .await
+        .with_context(|| format!("cannot reach ClickHouse at {} (--clickhouse-url/CLICKHOUSE_URL, --clickhouse-user, CLICKHOUSE_PASSWORD)", settings.clickhouse.url))?;
+    database.migrate().await?;
+    health.set_ready("clickhouse");
+
+    let drain_timeout = settings.consumer.drain_timeout;
+    let hard_stop = CancellationToken::new();
+    let context = Arc::new(SinkContext {
+        jetstream,
+        database,
+        settings: settings.clone(),
+        health,
+        hard_stop: hard_stop.clone(),
+    });
+    // A failing stream stops the others too, so the process exits and is restarted whole.
+    let streams_shutdown = shutdown.child_token();
+    let mut tasks = JoinSet::new();
+    for kind in &settings.consumer.kinds {
+        let context = context.clone();
+        let token = streams_shutdown.clone();
+        match kind {
+            Kind::Wave => tasks.spawn(consume_stream::<WaveObservation>(context, token)),
+            Kind::Weather => tasks.spawn(consume_stream::<WeatherObservation>(context, token)),
+            Kind::Carbon => tasks.spawn(consume_stream::<CarbonIntensity>(context, token)),
+        };
+    }
+    let drain_deadline = {
+        let shutdown = shutdown.clone();
+        let hard_stop = hard_stop.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain_timeout).await;
+            tracing::warn!(?drain_timeout, "drain timeout expired; un-acked messages will be redelivered");
+            hard_stop.cancel();
+        }
+    };
+    tokio::spawn(drain_deadline);
+
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.context("stream task panicked")?;
+        if let Err(error) = result {
+            tracing::error!(error = %runtime_error_line(&error), "stream consumer stopped");
+            streams_shutdown.cancel();
+            first_error.get_or_insert(error);
+        }
+    }
+    if let Err(error) = client.flush().await {
+        tracing::warn!(%error, "could not flush final acks; those messages will be redelivered and skipped");
+    }
+    shutdown.cancel();
+    let _ = http.await;
+    match first_error {
+        Some(error) => Err(error.into()),
+        None => {
+            tracing::info!("drained; exiting");
+            Ok(())
+        }
+    }
+}
+
+fn runtime_error_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
