@@ -14,6 +14,7 @@ pub mod config;
 pub mod http;
 pub mod nats;
 pub mod provision;
+pub mod publish;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
 use runtime::provision::{ensure_pull_consumer, ensure_stream, event_stream_config};
+use runtime::publish::{publish_with_id, Outgoing};
 use runtime::retry::{retry, RetryError};
 use runtime::{ErrorClass, Health, RetryPolicy};
 use schema::{dead_letter, Event, Kind};
@@ -568,29 +569,27 @@ async fn publish_dead_letter(
     let reason = error.reason();
     let detail = error_chain(error);
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("deadletter-{}-{sequence}", kind.stream_name()).as_str());
     headers.insert(dead_letter::REASON, reason);
     headers.insert(dead_letter::DETAIL, header_safe(&detail).as_str());
     headers.insert(dead_letter::SOURCE_STREAM, kind.stream_name());
     headers.insert(dead_letter::SOURCE_SEQUENCE, sequence.to_string().as_str());
     headers.insert(dead_letter::SOURCE_SUBJECT, message.subject.as_str());
-    let subject = kind.dead_letter_subject();
-    let payload = message.payload.clone();
-    let policy = RetryPolicy::PUBLISH.named("dead_letter");
-    let published = retry(
-        policy,
+    let outgoing = Outgoing {
+        subject: kind.dead_letter_subject(),
+        // One dead letter per source message, however often it is redelivered.
+        message_id: format!("deadletter-{}-{sequence}", kind.stream_name()),
+        headers,
+        payload: message.payload.clone(),
+    };
+    let published = publish_with_id(
+        &context.jetstream,
+        outgoing,
+        RetryPolicy::PUBLISH.named("dead_letter"),
         &context.hard_stop,
-        |_| ErrorClass::Transient,
-        || publish_once(
-            context.jetstream.clone(),
-            subject.clone(),
-            headers.clone(),
-            payload.clone(),
-        ),
     )
     .await;
     match published {
-        Ok(_ack) => {
+        Ok(_) => {
             events::dead_lettered(kind, sequence, reason, &detail);
             Ok(())
         }
@@ -601,20 +600,6 @@ async fn publish_dead_letter(
         }),
         Err(RetryError::Cancelled) => Err(ConsumeError::Interrupted { kind }),
     }
-}
-
-/// One publish attempt; takes owned values so the retried future borrows nothing.
-async fn publish_once(
-    jetstream: jetstream::Context,
-    subject: String,
-    headers: async_nats::HeaderMap,
-    payload: bytes::Bytes,
-) -> Result<jetstream::publish::PublishAck, async_nats::Error> {
-    let ack = jetstream
-        .publish_with_headers(subject, headers, payload)
-        .await?
-        .await?;
-    Ok(ack)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

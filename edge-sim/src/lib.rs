@@ -1,0 +1,47 @@
+//! `edge-sim`: the edge simulator and load generator.
+//!
+//! Layout:
+//! - [`synthetic`]: deterministic, distinct, valid observations of each kind, and malformed ones;
+//! - [`publish`]: the `publish` mode, which sends them to JetStream and reports what it sent.
+
+pub mod publish;
+pub mod synthetic;
+
+use clap::{Parser, Subcommand};
+use runtime::LogArgs;
+use tokio_util::sync::CancellationToken;
+
+/// Command line of `edge-sim`.
+#[derive(Debug, Parser)]
+#[command(name = "edge-sim", version, about = "Simulates NomadWave's edge: synthetic events for JetStream")]
+pub struct Cli {
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Mode.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Modes.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish N distinct valid events of a kind to JetStream, plus optional duplicates and
+    /// malformed messages; prints what was sent.
+    Publish(Box<publish::PublishArgs>),
+}
+
+/// Runs the parsed command.
+///
+/// # Errors
+///
+/// Bad configuration or a runtime failure, with context.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Publish(args) => {
+            let report = publish::publish(&args, shutdown).await?;
+            println!("{report}");
+            Ok(())
+        }
+    }
+}

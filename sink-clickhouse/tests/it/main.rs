@@ -1,0 +1,195 @@
+//! Real-server tests of the sink: real nats-server, real clickhouse-server, the real binaries.
+//!
+//! Each test starts its own servers (free ports, data under `.data/test/`), so tests can stop,
+//! kill and restart them freely. The binaries are the workspace's own (`cargo build --bins`
+//! first; `cargo xtask test` does).
+
+mod config;
+mod dead_letters;
+mod delivery;
+mod faults;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::{free_port, target_bin, ClickHouseServer, NatsServer};
+
+/// The servers of one test plus the settings every binary gets.
+pub struct Pipeline {
+    pub nats: NatsServer,
+    pub clickhouse: ClickHouseServer,
+    pub database: String,
+    pub duplicate_window: &'static str,
+}
+
+/// A running `sink-clickhouse run`, killed on drop.
+pub struct Sink {
+    pub child: Child,
+    pub http_port: u16,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Pipeline {
+    pub fn start(name: &str) -> Pipeline {
+        Pipeline {
+            nats: NatsServer::start(name),
+            clickhouse: ClickHouseServer::start(name),
+            database: format!("nomadwave_{}", name.replace('-', "_")),
+            duplicate_window: "2m",
+        }
+    }
+
+    fn env(&self, command: &mut Command) {
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NATS_URL", self.nats.url())
+            .env("CLICKHOUSE_URL", self.clickhouse.http_url())
+            .env("CLICKHOUSE_DATABASE", &self.database)
+            .env("NOMADWAVE_DUPLICATE_WINDOW", self.duplicate_window)
+            .env("RUST_LOG", "info");
+    }
+
+    /// Starts the sink with `extra` flags after `run`.
+    pub fn spawn_sink(&self, extra: &[&str]) -> Sink {
+        let http_port = free_port();
+        let mut command = Command::new(target_bin("sink-clickhouse"));
+        self.env(&mut command);
+        command
+            .arg("run")
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = command.spawn().expect("spawn sink-clickhouse");
+        Sink { child, http_port }
+    }
+
+    /// Runs a command of a workspace binary to completion; returns (exit code, stdout, stderr).
+    pub fn run_binary(&self, binary: &str, args: &[&str]) -> (i32, String, String) {
+        let mut command = Command::new(target_bin(binary));
+        self.env(&mut command);
+        let output = command.args(args).output().expect("run binary");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Starts `edge-sim publish` in the background.
+    pub fn spawn_publish(&self, args: &[&str]) -> Child {
+        let mut command = Command::new(target_bin("edge-sim"));
+        self.env(&mut command);
+        command
+            .arg("publish")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn edge-sim")
+    }
+
+    /// Runs `edge-sim publish` and parses its `key=value` report.
+    pub fn publish(&self, args: &[&str]) -> HashMap<String, u64> {
+        let child = self.spawn_publish(args);
+        finish_publish(child)
+    }
+
+    pub fn query(&self, sql: &str) -> String {
+        self.clickhouse.query(sql)
+    }
+
+    pub fn count(&self, table: &str) -> u64 {
+        self.query(&format!("SELECT count() FROM {}.{table}", self.database))
+            .parse()
+            .expect("count is a number")
+    }
+
+    pub fn count_final(&self, table: &str) -> u64 {
+        self.query(&format!("SELECT count() FROM {}.{table} FINAL", self.database))
+            .parse()
+            .expect("count is a number")
+    }
+
+    /// Polls until `table` holds `expected` rows or `timeout` passes; returns the last count.
+    pub fn wait_for_rows(&self, table: &str, expected: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self
+                .clickhouse
+                .try_query(&format!("SELECT count() FROM {}.{table}", self.database))
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(0);
+            if count >= expected || Instant::now() > deadline {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Waits for an `edge-sim publish` child and parses its report.
+pub fn finish_publish(mut child: Child) -> HashMap<String, u64> {
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout piped")
+        .read_to_string(&mut stdout)
+        .expect("read edge-sim output");
+    let status = child.wait().expect("wait edge-sim");
+    assert!(status.success(), "edge-sim publish failed: {status}; output: {stdout}");
+    parse_report(&stdout)
+}
+
+pub fn parse_report(text: &str) -> HashMap<String, u64> {
+    text.split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.parse().expect("report value is a number")))
+        .collect()
+}
+
+/// GET `path` from 127.0.0.1:`port`; returns (status, body), or None if nothing listens.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())?;
+    Some((status, body))
+}
+
+/// Value of a Prometheus sample whose line starts with `prefix` (name plus labels), summed
+/// over the lines that match.
+pub fn metric_value(page: &str, name: &str, label_fragment: &str) -> f64 {
+    page.lines()
+        .filter(|line| line.starts_with(name) && line.contains(label_fragment))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls the sink's `/metrics` until `name{…label_fragment…}` reaches `expected`.
+pub fn wait_for_metric(sink: &Sink, name: &str, label_fragment: &str, expected: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let value = http_get(sink.http_port, "/metrics")
+            .map(|(_, page)| metric_value(&page, name, label_fragment))
+            .unwrap_or(0.0);
+        if value >= expected || Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,98 @@
+//! Project automation for NomadWave, run as `cargo xtask <command>`.
+//!
+//! Layout:
+//! - `install`: installs the Debian server packages and cargo-nextest when missing;
+//! - `tests`: builds every binary, then runs the workspace tests with nextest;
+//! - `services`: starts, stops and reports the local servers kept in `.data/services`;
+//! - `shell`: running commands, as root or through sudo.
+
+mod install;
+mod services;
+mod shell;
+mod tests;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// NomadWave project tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install the Debian server packages and cargo-nextest, skipping what is already there.
+    Install,
+    /// Install what is missing, build every binary, then run all workspace tests with nextest.
+    Test {
+        /// Extra arguments for `cargo nextest run`, for example `-- -E 'package(runtime)'`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        nextest_args: Vec<String>,
+    },
+    /// Start, stop or report the local nats-server, clickhouse-server and mosquitto.
+    Services {
+        #[command(subcommand)]
+        action: services::Action,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Install => {
+            install::install()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test { nextest_args } => tests::run_tests(&nextest_args),
+        Command::Services { action } => {
+            services::run_action(action)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nextest_args(argv: &[&str]) -> Vec<String> {
+        let cli = Cli::try_parse_from(argv).expect("valid command line");
+        match cli.command {
+            Command::Test { nextest_args } => nextest_args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_passes_arguments_after_the_separator_to_nextest() {
+        let args = nextest_args(&["xtask", "test", "--", "-E", "package(xtask)"]);
+        assert_eq!(args, ["-E", "package(xtask)"]);
+    }
+
+    #[test]
+    fn test_passes_hyphenated_arguments_without_separator() {
+        let args = nextest_args(&["xtask", "test", "--retries", "2"]);
+        assert_eq!(args, ["--retries", "2"]);
+    }
+
+    #[test]
+    fn services_up_takes_port_flags() {
+        let cli = Cli::try_parse_from(["xtask", "services", "up", "--nats-port", "4300"])
+            .expect("valid command line");
+        assert!(matches!(cli.command, Command::Services { .. }));
+    }
+}
