@@ -2,14 +2,14 @@
 //!
 //! Layout:
 //! - `install`: installs the Debian server packages and cargo-nextest when missing;
-//! - `tests`: builds every binary, then runs the workspace tests with nextest;
+//! - `testing`: builds every binary, then runs the workspace tests with nextest;
 //! - `services`: starts, stops and reports the local servers kept in `.data/services`;
 //! - `shell`: running commands, as root or through sudo.
 
 mod install;
 mod services;
 mod shell;
-mod tests;
+mod testing;
 
 use std::process::ExitCode;
 
@@ -57,7 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             install::install()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Test { nextest_args } => tests::run_tests(&nextest_args),
+        Command::Test { nextest_args } => testing::run_tests(&nextest_args),
         Command::Services { action } => {
             services::run_action(action)?;
             Ok(ExitCode::SUCCESS)
