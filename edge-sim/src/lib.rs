@@ -13,7 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Command line of `edge-sim`.
 #[derive(Debug, Parser)]
-#[command(name = "edge-sim", version, about = "Simulates NomadWave's edge: synthetic events for JetStream")]
+#[command(
+    name = "edge-sim",
+    version,
+    about = "Simulates NomadWave's edge: synthetic events for JetStream"
+)]
 pub struct Cli {
     /// Logging.
     #[command(flatten)]

@@ -14,7 +14,7 @@ use runtime::{ConfigError, NatsArgs, NatsSettings, RetryPolicy};
 use schema::Kind;
 use tokio_util::sync::CancellationToken;
 
-use crate::synthetic::{SyntheticEvent, Synthesizer};
+use crate::synthetic::{Synthesizer, SyntheticEvent};
 
 /// Flags of `publish`.
 #[derive(Debug, clap::Args)]
@@ -99,10 +99,16 @@ impl fmt::Display for PublishReport {
 /// # Errors
 ///
 /// Bad flags, an unreachable NATS, or shutdown before every ack arrived.
-pub async fn publish(args: &PublishArgs, shutdown: CancellationToken) -> anyhow::Result<PublishReport> {
+pub async fn publish(
+    args: &PublishArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<PublishReport> {
     for (setting, value) in [
         ("--duplicate-fraction", args.duplicate_fraction),
-        ("--republish-after-window-fraction", args.republish_after_window_fraction),
+        (
+            "--republish-after-window-fraction",
+            args.republish_after_window_fraction,
+        ),
         ("--malformed-fraction", args.malformed_fraction),
     ] {
         if !(0.0..=1.0).contains(&value) {
@@ -142,7 +148,10 @@ pub async fn publish(args: &PublishArgs, shutdown: CancellationToken) -> anyhow:
     // Sent after every original is acked, so the stream has each id before its repeat.
     let mut duplicates = Vec::new();
     let malformed_total = (args.count as f64 * args.malformed_fraction).round() as u64;
-    let malformed_every = if malformed_total == 0 { 0 } else { (args.count / malformed_total).max(1) };
+    let malformed_every = args
+        .count
+        .checked_div(malformed_total)
+        .map_or(0, |every| every.max(1));
 
     let mut pending = FuturesUnordered::new();
     let mut malformed_sent = 0_u64;
@@ -157,8 +166,16 @@ pub async fn publish(args: &PublishArgs, shutdown: CancellationToken) -> anyhow:
         }
         pending.push(send(&jetstream, event, &stop, Sent::Distinct));
         let position = index - args.offset;
-        if malformed_every > 0 && malformed_sent < malformed_total && position % malformed_every == 0 {
-            pending.push(send(&jetstream, synthesizer.malformed(index, ingested_at), &stop, Sent::Malformed));
+        if malformed_every > 0
+            && malformed_sent < malformed_total
+            && position.is_multiple_of(malformed_every)
+        {
+            pending.push(send(
+                &jetstream,
+                synthesizer.malformed(index, ingested_at),
+                &stop,
+                Sent::Malformed,
+            ));
             malformed_sent += 1;
         }
         while pending.len() >= args.in_flight {
@@ -186,7 +203,11 @@ pub async fn publish(args: &PublishArgs, shutdown: CancellationToken) -> anyhow:
             .cached_info()
             .config
             .duplicate_window;
-        tracing::info!(?window, count = republish.len(), "waiting out the duplicate window before re-publishing");
+        tracing::info!(
+            ?window,
+            count = republish.len(),
+            "waiting out the duplicate window before re-publishing"
+        );
         tokio::select! {
             () = tokio::time::sleep(window + Duration::from_millis(1500)) => {}
             () = stop.cancelled() => anyhow::bail!("stopped while waiting to re-publish"),
@@ -201,7 +222,10 @@ pub async fn publish(args: &PublishArgs, shutdown: CancellationToken) -> anyhow:
             settle(Some(result), &mut report)?;
         }
     }
-    client.flush().await.context("flushing the NATS connection")?;
+    client
+        .flush()
+        .await
+        .context("flushing the NATS connection")?;
     Ok(report)
 }
 
@@ -225,7 +249,10 @@ async fn send(
         headers: async_nats::HeaderMap::new(),
         payload: event.payload,
     };
-    (sent, publish_with_id(jetstream, outgoing, RetryPolicy::PUBLISH, stop).await)
+    (
+        sent,
+        publish_with_id(jetstream, outgoing, RetryPolicy::PUBLISH, stop).await,
+    )
 }
 
 fn settle(
@@ -258,5 +285,6 @@ fn settle(
 }
 
 fn parse_kind(text: &str) -> Result<Kind, String> {
-    Kind::from_name(text).ok_or_else(|| format!("unknown kind '{text}'; expected wave, weather or carbon"))
+    Kind::from_name(text)
+        .ok_or_else(|| format!("unknown kind '{text}'; expected wave, weather or carbon"))
 }

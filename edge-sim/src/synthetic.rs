@@ -40,9 +40,13 @@ impl Synthesizer {
                     wave_height_m: Some(round(rng.random_range(0.3..6.0))),
                     wave_height_max_m: Some(round(rng.random_range(6.0..11.0))),
                     peak_period_s: Some(round(rng.random_range(6.0..18.0))),
-                    mean_period_s: rng.random_bool(0.8).then(|| round(rng.random_range(4.0..10.0))),
+                    mean_period_s: rng
+                        .random_bool(0.8)
+                        .then(|| round(rng.random_range(4.0..10.0))),
                     wave_direction_deg: Some(round(rng.random_range(0.0..360.0))),
-                    sea_temp_c: rng.random_bool(0.7).then(|| round(rng.random_range(12.0..26.0))),
+                    sea_temp_c: rng
+                        .random_bool(0.7)
+                        .then(|| round(rng.random_range(12.0..26.0))),
                     lat: Some(-33.8),
                     lon: Some(151.3),
                 },
@@ -86,7 +90,10 @@ impl Synthesizer {
             Err(_) => serde_json::Value::Null,
         };
         let (defect, payload) = match index % 3 {
-            0 => ("malformed_json", valid.payload[..valid.payload.len() / 2].to_vec()),
+            0 => (
+                "malformed_json",
+                valid.payload[..valid.payload.len() / 2].to_vec(),
+            ),
             1 => {
                 json["schema_version"] = 99.into();
                 ("unsupported_schema_version", json.to_string().into_bytes())
@@ -151,19 +158,37 @@ mod tests {
     #[test]
     fn events_are_distinct_valid_and_repeatable() {
         for kind in Kind::ALL {
-            let synthesizer = Synthesizer { kind, sites: 7, seed: 3 };
+            let synthesizer = Synthesizer {
+                kind,
+                sites: 7,
+                seed: 3,
+            };
             let now = Utc::now();
-            let ids: HashSet<String> = (0..500).map(|index| synthesizer.event(index, now).event_id).collect();
+            let ids: HashSet<String> = (0..500)
+                .map(|index| synthesizer.event(index, now).event_id)
+                .collect();
             assert_eq!(ids.len(), 500);
-            assert_eq!(synthesizer.event(42, now).payload, synthesizer.event(42, now).payload);
+            assert_eq!(
+                synthesizer.event(42, now).payload,
+                synthesizer.event(42, now).payload
+            );
         }
-        let wave = Synthesizer { kind: Kind::Wave, sites: 7, seed: 3 }.event(1, Utc::now());
+        let wave = Synthesizer {
+            kind: Kind::Wave,
+            sites: 7,
+            seed: 3,
+        }
+        .event(1, Utc::now());
         Event::<WaveObservation>::decode(&wave.payload).unwrap();
     }
 
     #[test]
     fn malformed_messages_fail_for_the_stated_reason() {
-        let synthesizer = Synthesizer { kind: Kind::Weather, sites: 2, seed: 1 };
+        let synthesizer = Synthesizer {
+            kind: Kind::Weather,
+            sites: 2,
+            seed: 1,
+        };
         for index in 0..3 {
             let message = synthesizer.malformed(index, Utc::now());
             let error = Event::<WeatherObservation>::decode(&message.payload).unwrap_err();

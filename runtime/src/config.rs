@@ -106,6 +106,9 @@ mod tests {
         let error = anyhow::Error::new(ConfigError::new("--x/X", "bad")).context("starting");
         assert_eq!(format!("{error:#}"), "starting: invalid --x/X: bad");
         let code = exit_code(Err(error));
-        assert_eq!(format!("{code:?}"), format!("{:?}", std::process::ExitCode::from(64)));
+        assert_eq!(
+            format!("{code:?}"),
+            format!("{:?}", std::process::ExitCode::from(64))
+        );
     }
 }

@@ -146,7 +146,9 @@ async fn readiness_page(State(endpoints): State<Endpoints>) -> (StatusCode, Stri
     }
     match endpoints.health.report() {
         (true, lines) => (StatusCode::OK, lines),
-        (false, lines) if lines.is_empty() => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
+        (false, lines) if lines.is_empty() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
+        }
         (false, lines) => (StatusCode::SERVICE_UNAVAILABLE, lines),
     }
 }

@@ -19,7 +19,9 @@ pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{exit_code, parse_duration, ConfigError, Secret, EXIT_BAD_CONFIG, EXIT_RUNTIME_FAILURE};
+pub use config::{
+    exit_code, parse_duration, ConfigError, Secret, EXIT_BAD_CONFIG, EXIT_RUNTIME_FAILURE,
+};
 pub use http::{Health, HttpArgs};
 pub use nats::{NatsArgs, NatsSettings};
 pub use retry::{ErrorClass, RetryPolicy};

@@ -125,7 +125,10 @@ impl NatsSettings {
             .filter(|url| !url.is_empty())
             .collect();
         if urls.is_empty() {
-            return Err(ConfigError::new(URL, "no server given; expected nats://host:port"));
+            return Err(ConfigError::new(
+                URL,
+                "no server given; expected nats://host:port",
+            ));
         }
         let mut servers = Vec::with_capacity(urls.len());
         for url in &urls {
@@ -149,7 +152,12 @@ impl NatsSettings {
             }
             servers.push(server);
         }
-        let auth = match (&args.nats_user, &args.nats_password, &args.nats_token, &args.nats_creds) {
+        let auth = match (
+            &args.nats_user,
+            &args.nats_password,
+            &args.nats_token,
+            &args.nats_creds,
+        ) {
             (None, None, None, None) => NatsAuth::None,
             (Some(user), Some(password), None, None) => NatsAuth::UserPassword {
                 user: user.clone(),
@@ -278,7 +286,9 @@ impl NatsSettings {
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("nats connected"),
-                    async_nats::Event::Disconnected => tracing::warn!("nats disconnected; reconnecting"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("nats disconnected; reconnecting")
+                    }
                     other => tracing::info!(event = %other, "nats event"),
                 }
             });
@@ -314,6 +324,26 @@ fn require_file(setting: &'static str, path: &std::path::Path) -> Result<(), Con
     ))
 }
 
+/// Keeps the `nats` readiness check in line with the client's connection state.
+pub fn report_connection(
+    client: Client,
+    health: crate::Health,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => match client.connection_state() {
+                    async_nats::connection::State::Connected => health.set_ready("nats"),
+                    state => health.set_not_ready("nats", format!("{state:?}")),
+                },
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,8 +369,7 @@ mod tests {
 
     #[test]
     fn accepts_url_lists() {
-        let settings =
-            NatsSettings::from_args(&args(&["nats://a:4222", " tls://b:4222"])).unwrap();
+        let settings = NatsSettings::from_args(&args(&["nats://a:4222", " tls://b:4222"])).unwrap();
         assert_eq!(settings.display_urls(), "nats://a:4222,tls://b:4222");
         assert!(settings.tls.is_some(), "tls:// turns TLS on");
     }
@@ -372,24 +401,4 @@ mod tests {
         cert_only.nats_tls_cert = Some("/etc/hostname".into());
         check_rejected(cert_only, "--nats-tls-key/NATS_TLS_KEY");
     }
-}
-
-/// Keeps the `nats` readiness check in line with the client's connection state.
-pub fn report_connection(
-    client: Client,
-    health: crate::Health,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticker.tick() => match client.connection_state() {
-                    async_nats::connection::State::Connected => health.set_ready("nats"),
-                    state => health.set_not_ready("nats", format!("{state:?}")),
-                },
-            }
-        }
-    });
 }

@@ -127,7 +127,9 @@ pub async fn ensure_event_streams(
         jetstream,
         stream::Config {
             name: DEAD_LETTER_STREAM.to_owned(),
-            description: Some("NomadWave messages rejected by a consumer, with the reason in headers".into()),
+            description: Some(
+                "NomadWave messages rejected by a consumer, with the reason in headers".into(),
+            ),
             subjects: vec![DEAD_LETTER_SUBJECTS.to_owned()],
             duplicate_window: policy.duplicate_window,
             // Dead letters wait for a human; keep them at least as long as the events.
@@ -228,9 +230,14 @@ pub async fn ensure_kv(
     match created {
         Ok(store) => Ok(store),
         // Another process may have created it between our two calls.
-        Err(create_error) => jetstream.get_key_value(bucket).await.map_err(|_| ProvisionError::KeyValue {
-            bucket: bucket.to_owned(),
-            detail: create_error.to_string(),
-        }),
+        Err(create_error) => {
+            jetstream
+                .get_key_value(bucket)
+                .await
+                .map_err(|_| ProvisionError::KeyValue {
+                    bucket: bucket.to_owned(),
+                    detail: create_error.to_string(),
+                })
+        }
     }
 }

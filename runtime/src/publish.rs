@@ -64,7 +64,10 @@ async fn publish_once(
     outgoing: Outgoing,
 ) -> Result<Published, async_nats::Error> {
     let mut headers = outgoing.headers;
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, outgoing.message_id.as_str());
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        outgoing.message_id.as_str(),
+    );
     let ack = jetstream
         .publish_with_headers(outgoing.subject, headers, outgoing.payload)
         .await?

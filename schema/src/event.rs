@@ -234,11 +234,20 @@ mod tests {
             assert_eq!(error.reason(), reason, "{error}");
         };
         check(b"{not json", "malformed_json");
-        check(br#"{"schema_version":9,"kind":"wave"}"#, "unsupported_schema_version");
+        check(
+            br#"{"schema_version":9,"kind":"wave"}"#,
+            "unsupported_schema_version",
+        );
         let mut future = serde_json::to_value(Event::new("imos", wave(1.0), ingested())).unwrap();
         future["schema_version"] = 2.into();
-        check(&serde_json::to_vec(&future).unwrap(), "unsupported_schema_version");
-        check(&Event::new("imos", wave(45.0), ingested()).encode(), "out_of_range");
+        check(
+            &serde_json::to_vec(&future).unwrap(),
+            "unsupported_schema_version",
+        );
+        check(
+            &Event::new("imos", wave(45.0), ingested()).encode(),
+            "out_of_range",
+        );
         let carbon = CarbonIntensity {
             zone: "BE".into(),
             observed_at: ingested(),

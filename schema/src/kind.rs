@@ -54,7 +54,9 @@ impl Kind {
 
     /// The kind whose stream has this name.
     pub fn from_stream_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|kind| kind.stream_name() == name)
+        Kind::ALL
+            .into_iter()
+            .find(|kind| kind.stream_name() == name)
     }
 
     /// Subject filter capturing every site of this kind, e.g. `nomadwave.wave.>`.
@@ -116,7 +118,10 @@ mod tests {
             Kind::Wave.subject_for_site("Cape Sorell.2 >*"),
             "nomadwave.wave.Cape_Sorell_2___"
         );
-        assert_eq!(Kind::Carbon.subject_for_site("DK-DK2"), "nomadwave.carbon.DK-DK2");
+        assert_eq!(
+            Kind::Carbon.subject_for_site("DK-DK2"),
+            "nomadwave.carbon.DK-DK2"
+        );
         assert_eq!(Kind::Weather.subject_for_site(""), "nomadwave.weather._");
     }
 }

@@ -14,7 +14,9 @@ use crate::id::ContentHasher;
 use crate::kind::Kind;
 
 /// A measurement type that can travel in an [`Event`](crate::Event).
-pub trait Observation: Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send + Sync {
+pub trait Observation:
+    Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send + Sync
+{
     /// The kind every event carrying this observation has.
     const KIND: Kind;
 
@@ -140,7 +142,13 @@ impl Observation for WaveObservation {
         check("wave_height_max_m", self.wave_height_max_m, 0.0, 40.0, "m")?;
         check("peak_period_s", self.peak_period_s, 0.0, 40.0, "s")?;
         check("mean_period_s", self.mean_period_s, 0.0, 40.0, "s")?;
-        check("wave_direction_deg", self.wave_direction_deg, 0.0, 360.0, "°")?;
+        check(
+            "wave_direction_deg",
+            self.wave_direction_deg,
+            0.0,
+            360.0,
+            "°",
+        )?;
         check("sea_temp_c", self.sea_temp_c, -5.0, 40.0, "°C")?;
         check("lat", self.lat, -90.0, 90.0, "°")?;
         check("lon", self.lon, -180.0, 360.0, "°")
@@ -177,7 +185,13 @@ impl Observation for WeatherObservation {
         require_site("site", &self.site)?;
         check("wind_speed_ms", self.wind_speed_ms, 0.0, 120.0, "m/s")?;
         check("wind_gust_ms", self.wind_gust_ms, 0.0, 150.0, "m/s")?;
-        check("wind_direction_deg", self.wind_direction_deg, 0.0, 360.0, "°")?;
+        check(
+            "wind_direction_deg",
+            self.wind_direction_deg,
+            0.0,
+            360.0,
+            "°",
+        )?;
         check("air_temp_c", self.air_temp_c, -90.0, 60.0, "°C")?;
         check("pressure_hpa", self.pressure_hpa, 800.0, 1100.0, "hPa")?;
         check("rel_humidity_pct", self.rel_humidity_pct, 0.0, 100.0, "%")?;

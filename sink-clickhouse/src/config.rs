@@ -43,7 +43,11 @@ pub struct ClickHouseArgs {
     #[arg(long, env = "CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub clickhouse_password: Option<Secret>,
     /// File holding the ClickHouse password (as rendered by a Vault template).
-    #[arg(long, env = "CLICKHOUSE_PASSWORD_FILE", conflicts_with = "clickhouse_password")]
+    #[arg(
+        long,
+        env = "CLICKHOUSE_PASSWORD_FILE",
+        conflicts_with = "clickhouse_password"
+    )]
     pub clickhouse_password_file: Option<PathBuf>,
     /// Upper bound on one INSERT or query; a slower one is retried.
     #[arg(long, env = "SINK_INSERT_TIMEOUT", default_value = DEFAULT_INSERT_TIMEOUT, value_parser = parse_duration)]
@@ -71,7 +75,12 @@ pub struct ConsumerArgs {
     #[arg(long, env = "SINK_CONSUMER", default_value = DEFAULT_CONSUMER)]
     pub consumer: String,
     /// Streams to consume, comma-separated.
-    #[arg(long, env = "SINK_STREAMS", default_value = "WAVE,WEATHER,CARBON", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SINK_STREAMS",
+        default_value = "WAVE,WEATHER,CARBON",
+        value_delimiter = ','
+    )]
     pub streams: Vec<String>,
     /// How long JetStream waits for an ack before redelivering.
     #[arg(long, env = "SINK_ACK_WAIT", default_value = DEFAULT_ACK_WAIT, value_parser = parse_duration)]
@@ -156,7 +165,10 @@ impl ClickHouseSettings {
                 format!("'{url}' is not an HTTP URL; expected http://host:8123"),
             ));
         }
-        check_identifier("--clickhouse-database/CLICKHOUSE_DATABASE", &args.clickhouse_database)?;
+        check_identifier(
+            "--clickhouse-database/CLICKHOUSE_DATABASE",
+            &args.clickhouse_database,
+        )?;
         let password = match (&args.clickhouse_password, &args.clickhouse_password_file) {
             (Some(password), _) => Some(password.clone()),
             (None, Some(path)) => {
@@ -251,7 +263,10 @@ impl SinkSettings {
             }
         }
         if kinds.is_empty() {
-            return Err(ConfigError::new("--streams/SINK_STREAMS", "no stream given"));
+            return Err(ConfigError::new(
+                "--streams/SINK_STREAMS",
+                "no stream given",
+            ));
         }
         Ok(SinkSettings {
             nats,
@@ -333,8 +348,14 @@ mod tests {
 
     #[test]
     fn rejects_unworkable_values() {
-        check_rejected(&["--clickhouse-url", "localhost:8123"], "--clickhouse-url/CLICKHOUSE_URL");
-        check_rejected(&["--clickhouse-database", "a.b"], "--clickhouse-database/CLICKHOUSE_DATABASE");
+        check_rejected(
+            &["--clickhouse-url", "localhost:8123"],
+            "--clickhouse-url/CLICKHOUSE_URL",
+        );
+        check_rejected(
+            &["--clickhouse-database", "a.b"],
+            "--clickhouse-database/CLICKHOUSE_DATABASE",
+        );
         check_rejected(&["--batch-rows", "0"], "--batch-rows/SINK_BATCH_ROWS");
         check_rejected(&["--batch-rows", "2000000"], "--batch-rows/SINK_BATCH_ROWS");
         check_rejected(&["--ack-wait", "5s"], "--ack-wait/SINK_ACK_WAIT");

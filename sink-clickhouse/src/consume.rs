@@ -101,7 +101,9 @@ pub enum ConsumeError {
         source: async_nats::Error,
     },
     /// The drain timeout expired with work in flight; un-acked messages will be redelivered.
-    #[error("stopped before {kind} batch was settled (drain timeout); its messages will be redelivered")]
+    #[error(
+        "stopped before {kind} batch was settled (drain timeout); its messages will be redelivered"
+    )]
     Interrupted {
         /// Stream kind.
         kind: Kind,
@@ -174,7 +176,16 @@ pub async fn consume_stream<O: StoredObservation>(
 
     let (batches, received) = mpsc::channel::<Batch>(1);
     let writer = tokio::spawn(write_batches::<O>(context.clone(), received, watermark));
-    let collected = collect_batches(&context, kind, &stream, consumer, consumer_config, &batches, &shutdown).await;
+    let collected = collect_batches(
+        &context,
+        kind,
+        &stream,
+        consumer,
+        consumer_config,
+        &batches,
+        &shutdown,
+    )
+    .await;
     drop(batches);
     let written = match writer.await {
         Ok(result) => result,
@@ -401,7 +412,8 @@ async fn write_batch<O: StoredObservation>(
 
     let started = Instant::now();
     let rows = Arc::new(rows);
-    let written = insert_with_retry::<O>(context, rows.clone(), needs_check, &batch.messages).await?;
+    let written =
+        insert_with_retry::<O>(context, rows.clone(), needs_check, &batch.messages).await?;
     let insert_time = started.elapsed();
     let already_applied = rows.len() - written.len();
     for (outcome, sequence) in outcomes.iter_mut().zip(&sequences) {
@@ -453,8 +465,20 @@ async fn insert_with_retry<O: StoredObservation>(
         ..AttemptState::default()
     }));
     let batch_id: Arc<str> = batch_identity(kind, &rows).into();
-    let attempt = || next_attempt::<O>(context.clone(), rows.clone(), state.clone(), batch_id.clone());
-    let retried = retry(RetryPolicy::INSERT, &context.hard_stop, DatabaseError::class, attempt);
+    let attempt = || {
+        next_attempt::<O>(
+            context.clone(),
+            rows.clone(),
+            state.clone(),
+            batch_id.clone(),
+        )
+    };
+    let retried = retry(
+        RetryPolicy::INSERT,
+        &context.hard_stop,
+        DatabaseError::class,
+        attempt,
+    );
     tokio::pin!(retried);
     let mut progress = progress_ticker(context.settings.consumer.ack_wait);
     loop {
@@ -479,7 +503,9 @@ async fn next_attempt<O: StoredObservation>(
     batch_id: Arc<str>,
 ) -> Result<HashSet<u64>, DatabaseError> {
     let (query_id, must_check, previous) = {
-        let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         state.attempt += 1;
         let query_id = format!("{batch_id}-{}", state.attempt);
         let previous = state.previous_query_id.replace(query_id.clone());
@@ -488,8 +514,15 @@ async fn next_attempt<O: StoredObservation>(
         state.must_check = true;
         (query_id, must_check, previous)
     };
-    let result =
-        attempt_insert::<O>(&context, &rows, must_check, previous.as_deref(), &query_id, &batch_id).await;
+    let result = attempt_insert::<O>(
+        &context,
+        &rows,
+        must_check,
+        previous.as_deref(),
+        &query_id,
+        &batch_id,
+    )
+    .await;
     if let Err(error) = &result {
         context
             .health

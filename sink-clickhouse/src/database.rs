@@ -35,12 +35,18 @@ impl ServerVersion {
 
     /// Whether the server knows `insert_deduplication_token` (22.2 and later).
     pub fn supports_insert_deduplication_token(self) -> bool {
-        self >= ServerVersion { major: 22, minor: 2 }
+        self >= ServerVersion {
+            major: 22,
+            minor: 2,
+        }
     }
 
     /// Whether the client's `RowBinaryWithNamesAndTypes` validation works (24.10 and later).
     pub fn supports_row_validation(self) -> bool {
-        self >= ServerVersion { major: 24, minor: 10 }
+        self >= ServerVersion {
+            major: 24,
+            minor: 10,
+        }
     }
 }
 
@@ -139,7 +145,11 @@ impl Database {
         };
         let version_text: String = tokio::time::timeout(
             settings.timeout,
-            server.clone().with_validation(false).query("SELECT version()").fetch_one(),
+            server
+                .clone()
+                .with_validation(false)
+                .query("SELECT version()")
+                .fetch_one(),
         )
         .await
         .map_err(|_elapsed| version_error(clickhouse::error::Error::TimedOut))?
@@ -196,7 +206,10 @@ impl Database {
                 .bind(Identifier(&self.database))
                 .execute()
                 .await
-                .map_err(migrate_error(format!("{}.{}", self.database, statement.table)))?;
+                .map_err(migrate_error(format!(
+                    "{}.{}",
+                    self.database, statement.table
+                )))?;
             tracing::info!(database = %self.database, table = statement.table, "table ready");
         }
         Ok(())
@@ -327,8 +340,12 @@ mod tests {
         let current = ServerVersion::parse("24.12.3.47").unwrap();
         assert!(current.supports_insert_deduplication_token());
         assert!(current.supports_row_validation());
-        assert!(ServerVersion::parse("22.2.1").unwrap().supports_insert_deduplication_token());
-        assert!(!ServerVersion::parse("22.1.9").unwrap().supports_insert_deduplication_token());
+        assert!(ServerVersion::parse("22.2.1")
+            .unwrap()
+            .supports_insert_deduplication_token());
+        assert!(!ServerVersion::parse("22.1.9")
+            .unwrap()
+            .supports_insert_deduplication_token());
         assert_eq!(ServerVersion::parse("garbage"), None);
     }
 
@@ -338,10 +355,22 @@ mod tests {
             let error = clickhouse::error::Error::BadResponse(text.into());
             assert_eq!(classify_clickhouse_error(&error), class, "{text}");
         };
-        check("Code: 193, e.displayText() = DB::Exception: Wrong password for user default", ErrorClass::Permanent);
-        check("Code: 60, e.displayText() = DB::Exception: Table x doesn't exist.", ErrorClass::Permanent);
-        check("Code: 252. DB::Exception: Too many parts (300).", ErrorClass::Transient);
-        check("Code: 241. DB::Exception: Memory limit exceeded", ErrorClass::Transient);
+        check(
+            "Code: 193, e.displayText() = DB::Exception: Wrong password for user default",
+            ErrorClass::Permanent,
+        );
+        check(
+            "Code: 60, e.displayText() = DB::Exception: Table x doesn't exist.",
+            ErrorClass::Permanent,
+        );
+        check(
+            "Code: 252. DB::Exception: Too many parts (300).",
+            ErrorClass::Transient,
+        );
+        check(
+            "Code: 241. DB::Exception: Memory limit exceeded",
+            ErrorClass::Transient,
+        );
         check("no code at all", ErrorClass::Transient);
         assert_eq!(
             classify_clickhouse_error(&clickhouse::error::Error::TimedOut),

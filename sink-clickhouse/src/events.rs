@@ -16,7 +16,12 @@ use std::time::Duration;
 use schema::Kind;
 
 /// A batch was written (or found already written) and acked.
-pub fn batch_written(kind: Kind, rows_written: usize, already_applied: usize, insert_time: Duration) {
+pub fn batch_written(
+    kind: Kind,
+    rows_written: usize,
+    already_applied: usize,
+    insert_time: Duration,
+) {
     let label = kind.as_str();
     metrics::counter!("nomadwave_sink_rows_written_total", "kind" => label)
         .increment(rows_written as u64);

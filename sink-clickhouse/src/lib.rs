@@ -31,7 +31,11 @@ use crate::database::Database;
 
 /// Command line of `sink-clickhouse`.
 #[derive(Debug, Parser)]
-#[command(name = "sink-clickhouse", version, about = "Writes NomadWave events from JetStream to ClickHouse, exactly once")]
+#[command(
+    name = "sink-clickhouse",
+    version,
+    about = "Writes NomadWave events from JetStream to ClickHouse, exactly once"
+)]
 pub struct Cli {
     /// Logging.
     #[command(flatten)]
@@ -125,7 +129,13 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
     let settings = args.settings()?;
     let metrics = runtime::telemetry::install_metrics("sink-clickhouse")?;
     let health = Health::default();
-    let http = runtime::http::serve(args.http.http_listen, metrics, health.clone(), shutdown.clone()).await?;
+    let http = runtime::http::serve(
+        args.http.http_listen,
+        metrics,
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
     let client = settings.nats.connect("sink-clickhouse").await?;
     runtime::nats::report_connection(client.clone(), health.clone(), shutdown.clone());
@@ -165,7 +175,10 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
         async move {
             shutdown.cancelled().await;
             tokio::time::sleep(drain_timeout).await;
-            tracing::warn!(?drain_timeout, "drain timeout expired; un-acked messages will be redelivered");
+            tracing::warn!(
+                ?drain_timeout,
+                "drain timeout expired; un-acked messages will be redelivered"
+            );
             hard_stop.cancel();
         }
     };

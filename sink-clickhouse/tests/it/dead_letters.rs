@@ -11,11 +11,25 @@ use crate::{wait_for_metric, Pipeline};
 fn bad_messages_are_dead_lettered_with_reason_and_counted() {
     let pipeline = Pipeline::start("dead-letters");
     let sink = pipeline.spawn_sink(&["--flush-interval", "200ms"]);
-    let report = pipeline.publish(&["--kind", "wave", "--count", "3000", "--malformed-fraction", "0.01"]);
+    let report = pipeline.publish(&[
+        "--kind",
+        "wave",
+        "--count",
+        "3000",
+        "--malformed-fraction",
+        "0.01",
+    ]);
     assert_eq!(report["malformed"], 30);
-    assert_eq!(pipeline.wait_for_rows("wave_observations", 3000, Duration::from_secs(60)), 3000);
+    assert_eq!(
+        pipeline.wait_for_rows("wave_observations", 3000, Duration::from_secs(60)),
+        3000
+    );
 
-    for reason in ["malformed_json", "unsupported_schema_version", "out_of_range"] {
+    for reason in [
+        "malformed_json",
+        "unsupported_schema_version",
+        "out_of_range",
+    ] {
         let counted = wait_for_metric(
             &sink,
             "nomadwave_dead_letters_total",
@@ -39,10 +53,23 @@ fn bad_messages_are_dead_lettered_with_reason_and_counted() {
         while let Some(message) = messages.next().await {
             let message = message.unwrap();
             let headers = message.headers.clone().expect("dead letters carry headers");
-            let reason = headers.get(schema::dead_letter::REASON).unwrap().to_string();
-            assert_eq!(headers.get(schema::dead_letter::SOURCE_STREAM).unwrap().as_str(), "WAVE");
+            let reason = headers
+                .get(schema::dead_letter::REASON)
+                .unwrap()
+                .to_string();
+            assert_eq!(
+                headers
+                    .get(schema::dead_letter::SOURCE_STREAM)
+                    .unwrap()
+                    .as_str(),
+                "WAVE"
+            );
             assert!(headers.get(schema::dead_letter::SOURCE_SEQUENCE).is_some());
-            assert!(!headers.get(schema::dead_letter::DETAIL).unwrap().as_str().is_empty());
+            assert!(!headers
+                .get(schema::dead_letter::DETAIL)
+                .unwrap()
+                .as_str()
+                .is_empty());
             assert!(!message.payload.is_empty(), "the original payload is kept");
             *reasons.entry(reason).or_default() += 1;
         }

@@ -28,22 +28,33 @@ fn n_events_become_exactly_n_rows_with_values_intact() {
         assert_eq!(report["stream_messages_added"], count);
     }
     for (_, table, count) in cases {
-        assert_eq!(pipeline.wait_for_rows(table, count, Duration::from_secs(60)), count, "{table}");
+        assert_eq!(
+            pipeline.wait_for_rows(table, count, Duration::from_secs(60)),
+            count,
+            "{table}"
+        );
         // Give a wrongly repeated batch time to land before the final checks.
         std::thread::sleep(Duration::from_secs(2));
         assert_eq!(pipeline.count(table), count, "{table} raw count");
         assert_eq!(pipeline.count_final(table), count, "{table} FINAL count");
         let distinct_ids: u64 = pipeline
-            .query(&format!("SELECT uniqExact(event_id) FROM {}.{table}", pipeline.database))
+            .query(&format!(
+                "SELECT uniqExact(event_id) FROM {}.{table}",
+                pipeline.database
+            ))
             .parse()
             .unwrap();
         assert_eq!(distinct_ids, count, "{table} distinct event ids");
     }
 
     // Values intact: row 777 of the wave run equals what edge-sim generated for index 777.
-    let synthesizer = Synthesizer { kind: Kind::Wave, sites: 16, seed: 1 };
-    let expected = Event::<WaveObservation>::decode(&synthesizer.event(777, Utc::now()).payload)
-        .unwrap();
+    let synthesizer = Synthesizer {
+        kind: Kind::Wave,
+        sites: 16,
+        seed: 1,
+    };
+    let expected =
+        Event::<WaveObservation>::decode(&synthesizer.event(777, Utc::now()).payload).unwrap();
     let row = pipeline.query(&format!(
         "SELECT site, toString(observed_at), source, wave_height_m, wave_height_max_m, peak_period_s, \
          ifNull(toString(mean_period_s), 'null'), wave_direction_deg, ifNull(toString(sea_temp_c), 'null'), lat, lon \
@@ -54,7 +65,10 @@ fn n_events_become_exactly_n_rows_with_values_intact() {
     let text = |value: Option<f64>| value.map_or("null".to_owned(), |v| v.to_string());
     let expected_row = [
         observation.site.clone(),
-        observation.observed_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        observation
+            .observed_at
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
         "edge-sim".to_owned(),
         text(observation.wave_height_m),
         text(observation.wave_height_max_m),
@@ -87,15 +101,32 @@ fn duplicates_add_nothing_and_republishes_collapse_in_final() {
     ]);
     let duplicates = report["duplicates_in_window"];
     let republished = report["republished_after_window"];
-    assert!(duplicates > 500, "the run must include duplicates: {report:?}");
-    assert!(republished > 50, "the run must include late re-publishes: {report:?}");
-    assert_eq!(report["duplicates_dropped"], duplicates, "every in-window duplicate is dropped by the stream");
+    assert!(
+        duplicates > 500,
+        "the run must include duplicates: {report:?}"
+    );
+    assert!(
+        republished > 50,
+        "the run must include late re-publishes: {report:?}"
+    );
+    assert_eq!(
+        report["duplicates_dropped"], duplicates,
+        "every in-window duplicate is dropped by the stream"
+    );
     assert_eq!(report["stream_messages_added"], 4000 + republished);
 
     let table = "weather_observations";
     let raw = pipeline.wait_for_rows(table, 4000 + republished, Duration::from_secs(60));
-    assert_eq!(raw, 4000 + republished, "each stream message is written once");
-    assert_eq!(pipeline.count_final(table), 4000, "FINAL collapses late re-publishes");
+    assert_eq!(
+        raw,
+        4000 + republished,
+        "each stream message is written once"
+    );
+    assert_eq!(
+        pipeline.count_final(table),
+        4000,
+        "FINAL collapses late re-publishes"
+    );
     let distinct_keys: u64 = pipeline
         .query(&format!(
             "SELECT count() FROM (SELECT DISTINCT site, observed_at, source FROM {}.{table})",
@@ -105,7 +136,10 @@ fn duplicates_add_nothing_and_republishes_collapse_in_final() {
         .unwrap();
     assert_eq!(distinct_keys, 4000);
     // After a merge the raw table holds one row per observation too.
-    pipeline.query(&format!("OPTIMIZE TABLE {}.{table} FINAL", pipeline.database));
+    pipeline.query(&format!(
+        "OPTIMIZE TABLE {}.{table} FINAL",
+        pipeline.database
+    ));
     assert_eq!(pipeline.count(table), 4000);
     drop(sink);
 }

@@ -8,7 +8,18 @@ use rand::Rng;
 
 use crate::{finish_publish, Pipeline};
 
-const SMALL_BATCHES: &[&str] = &["--batch-rows", "5000", "--flush-interval", "250ms"];
+/// Small batches and a short ack wait, so a restarted sink gets its predecessor's un-acked
+/// messages back within seconds and kills land while rows are being written.
+const SMALL_BATCHES: &[&str] = &[
+    "--batch-rows",
+    "5000",
+    "--flush-interval",
+    "250ms",
+    "--ack-wait",
+    "5s",
+    "--insert-timeout",
+    "3s",
+];
 
 fn assert_exact(pipeline: &Pipeline, table: &str, expected: u64) {
     let landed = pipeline.wait_for_rows(table, expected, Duration::from_secs(180));
@@ -16,9 +27,16 @@ fn assert_exact(pipeline: &Pipeline, table: &str, expected: u64) {
     // A late duplicate would show up after the count first matched.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(pipeline.count(table), expected, "{table}: raw count()");
-    assert_eq!(pipeline.count_final(table), expected, "{table}: count() FINAL");
+    assert_eq!(
+        pipeline.count_final(table),
+        expected,
+        "{table}: count() FINAL"
+    );
     let distinct: u64 = pipeline
-        .query(&format!("SELECT uniqExact(stream_seq) FROM {}.{table}", pipeline.database))
+        .query(&format!(
+            "SELECT uniqExact(stream_seq) FROM {}.{table}",
+            pipeline.database
+        ))
         .parse()
         .unwrap();
     assert_eq!(distinct, expected, "{table}: one row per stream sequence");
@@ -28,7 +46,14 @@ fn assert_exact(pipeline: &Pipeline, table: &str, expected: u64) {
 fn sink_sigkilled_repeatedly_during_200k_ingest_writes_each_event_once() {
     let pipeline = Pipeline::start("sigkill");
     let total: u64 = 200_000;
-    let publisher = pipeline.spawn_publish(&["--kind", "wave", "--count", &total.to_string(), "--sites", "40"]);
+    let publisher = pipeline.spawn_publish(&[
+        "--kind",
+        "wave",
+        "--count",
+        &total.to_string(),
+        "--sites",
+        "40",
+    ]);
     let mut rng = rand::rng();
     let mut kills = 0;
     let started = Instant::now();
@@ -76,12 +101,18 @@ fn clickhouse_down_longer_than_ack_wait_loses_and_doubles_nothing() {
     pipeline.clickhouse.stop();
     // Longer than the ack wait: the sink must keep its batch alive with progress acks.
     std::thread::sleep(Duration::from_secs(10));
-    assert!(sink.child.try_wait().unwrap().is_none(), "sink must not exit while clickhouse is down");
+    assert!(
+        sink.child.try_wait().unwrap().is_none(),
+        "sink must not exit while clickhouse is down"
+    );
     pipeline.clickhouse.restart();
     let report = finish_publish(publisher);
     assert_eq!(report["distinct_valid"], total);
     assert_exact(&pipeline, "carbon_intensity", total);
-    assert!(sink.child.try_wait().unwrap().is_none(), "sink never crashed");
+    assert!(
+        sink.child.try_wait().unwrap().is_none(),
+        "sink never crashed"
+    );
 }
 
 #[test]
@@ -96,8 +127,18 @@ fn nats_restart_during_ingest_finishes_exactly() {
     std::thread::sleep(Duration::from_secs(3));
     pipeline.nats.restart();
     // Events published after the restart arrive too.
-    let more = pipeline.publish(&["--kind", "weather", "--count", "5000", "--offset", &total.to_string()]);
+    let more = pipeline.publish(&[
+        "--kind",
+        "weather",
+        "--count",
+        "5000",
+        "--offset",
+        &total.to_string(),
+    ]);
     assert_eq!(more["distinct_valid"], 5000);
     assert_exact(&pipeline, "weather_observations", total + 5000);
-    assert!(sink.child.try_wait().unwrap().is_none(), "sink reconnected instead of exiting");
+    assert!(
+        sink.child.try_wait().unwrap().is_none(),
+        "sink reconnected instead of exiting"
+    );
 }

@@ -4,6 +4,9 @@
 //! kill and restart them freely. The binaries are the workspace's own (`cargo build --bins`
 //! first; `cargo xtask test` does).
 
+// Test code: a failed unwrap is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used)]
+
 mod config;
 mod dead_letters;
 mod delivery;
@@ -116,9 +119,12 @@ impl Pipeline {
     }
 
     pub fn count_final(&self, table: &str) -> u64 {
-        self.query(&format!("SELECT count() FROM {}.{table} FINAL", self.database))
-            .parse()
-            .expect("count is a number")
+        self.query(&format!(
+            "SELECT count() FROM {}.{table} FINAL",
+            self.database
+        ))
+        .parse()
+        .expect("count is a number")
     }
 
     /// Polls until `table` holds `expected` rows or `timeout` passes; returns the last count.
@@ -148,26 +154,38 @@ pub fn finish_publish(mut child: Child) -> HashMap<String, u64> {
         .read_to_string(&mut stdout)
         .expect("read edge-sim output");
     let status = child.wait().expect("wait edge-sim");
-    assert!(status.success(), "edge-sim publish failed: {status}; output: {stdout}");
+    assert!(
+        status.success(),
+        "edge-sim publish failed: {status}; output: {stdout}"
+    );
     parse_report(&stdout)
 }
 
 pub fn parse_report(text: &str) -> HashMap<String, u64> {
     text.split_whitespace()
         .filter_map(|pair| pair.split_once('='))
-        .map(|(key, value)| (key.to_owned(), value.parse().expect("report value is a number")))
+        .map(|(key, value)| {
+            (
+                key.to_owned(),
+                value.parse().expect("report value is a number"),
+            )
+        })
         .collect()
 }
 
 /// GET `path` from 127.0.0.1:`port`; returns (status, body), or None if nothing listens.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())?;
     Some((status, body))
 }
 
