@@ -153,47 +153,27 @@ pub async fn publish(
         .checked_div(malformed_total)
         .map_or(0, |every| every.max(1));
 
-    let mut pending = FuturesUnordered::new();
     let mut malformed_sent = 0_u64;
-    for index in args.offset..args.offset + args.count {
+    let originals = (args.offset..args.offset + args.count).flat_map(|index| {
         let event = synthesizer.event(index, ingested_at);
-        let send_twice = choices.random_bool(args.duplicate_fraction);
+        if choices.random_bool(args.duplicate_fraction) {
+            duplicates.push(event.clone());
+        }
         if choices.random_bool(args.republish_after_window_fraction) {
             republish.push(event.clone());
         }
-        if send_twice {
-            duplicates.push(event.clone());
-        }
-        pending.push(send(&jetstream, event, &stop, Sent::Distinct));
         let position = index - args.offset;
-        if malformed_every > 0
+        let add_malformed = malformed_every > 0
             && malformed_sent < malformed_total
-            && position.is_multiple_of(malformed_every)
-        {
-            pending.push(send(
-                &jetstream,
-                synthesizer.malformed(index, ingested_at),
-                &stop,
-                Sent::Malformed,
-            ));
-            malformed_sent += 1;
-        }
-        while pending.len() >= args.in_flight {
-            settle(pending.next().await, &mut report)?;
-        }
-    }
-    while let Some(result) = pending.next().await {
-        settle(Some(result), &mut report)?;
-    }
-    for event in duplicates {
-        pending.push(send(&jetstream, event, &stop, Sent::Duplicate));
-        while pending.len() >= args.in_flight {
-            settle(pending.next().await, &mut report)?;
-        }
-    }
-    while let Some(result) = pending.next().await {
-        settle(Some(result), &mut report)?;
-    }
+            && position.is_multiple_of(malformed_every);
+        malformed_sent += u64::from(add_malformed);
+        let malformed =
+            add_malformed.then(|| (synthesizer.malformed(index, ingested_at), Sent::Malformed));
+        std::iter::once((event, Sent::Distinct)).chain(malformed)
+    });
+    send_all(&jetstream, originals, &stop, args.in_flight, &mut report).await?;
+    let duplicates = duplicates.into_iter().map(|event| (event, Sent::Duplicate));
+    send_all(&jetstream, duplicates, &stop, args.in_flight, &mut report).await?;
 
     if !republish.is_empty() {
         let window = jetstream
@@ -212,15 +192,10 @@ pub async fn publish(
             () = tokio::time::sleep(window + Duration::from_millis(1500)) => {}
             () = stop.cancelled() => anyhow::bail!("stopped while waiting to re-publish"),
         }
-        for event in republish {
-            pending.push(send(&jetstream, event, &stop, Sent::Republished));
-            while pending.len() >= args.in_flight {
-                settle(pending.next().await, &mut report)?;
-            }
-        }
-        while let Some(result) = pending.next().await {
-            settle(Some(result), &mut report)?;
-        }
+        let republish = republish
+            .into_iter()
+            .map(|event| (event, Sent::Republished));
+        send_all(&jetstream, republish, &stop, args.in_flight, &mut report).await?;
     }
     client
         .flush()
@@ -235,6 +210,27 @@ enum Sent {
     Duplicate,
     Republished,
     Malformed,
+}
+
+/// Publishes `events` with at most `in_flight` awaiting their ack, settling each into `report`.
+async fn send_all(
+    jetstream: &async_nats::jetstream::Context,
+    events: impl Iterator<Item = (SyntheticEvent, Sent)>,
+    stop: &CancellationToken,
+    in_flight: usize,
+    report: &mut PublishReport,
+) -> anyhow::Result<()> {
+    let mut pending = FuturesUnordered::new();
+    for (event, sent) in events {
+        pending.push(send(jetstream, event, stop, sent));
+        while pending.len() >= in_flight {
+            settle(pending.next().await, report)?;
+        }
+    }
+    while let Some(result) = pending.next().await {
+        settle(Some(result), report)?;
+    }
+    Ok(())
 }
 
 async fn send(

@@ -51,6 +51,18 @@ pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
+/// Renders an error and all its sources on one line, joined by `: `.
+pub fn error_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// A secret string (password, token) whose `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

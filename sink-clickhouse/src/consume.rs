@@ -600,7 +600,7 @@ async fn publish_dead_letter(
     error: &schema::DecodeError,
 ) -> Result<(), ConsumeError> {
     let reason = error.reason();
-    let detail = error_chain(error);
+    let detail = runtime::config::error_line(error);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(dead_letter::REASON, reason);
     headers.insert(dead_letter::DETAIL, header_safe(&detail).as_str());
@@ -633,17 +633,6 @@ async fn publish_dead_letter(
         }),
         Err(RetryError::Cancelled) => Err(ConsumeError::Interrupted { kind }),
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Header values must be one line of printable text.

@@ -188,7 +188,7 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
     while let Some(joined) = tasks.join_next().await {
         let result = joined.context("stream task panicked")?;
         if let Err(error) = result {
-            tracing::error!(error = %runtime_error_line(&error), "stream consumer stopped");
+            tracing::error!(error = %runtime::config::error_line(&error), "stream consumer stopped");
             streams_shutdown.cancel();
             first_error.get_or_insert(error);
         }
@@ -205,15 +205,4 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
             Ok(())
         }
     }
-}
-
-fn runtime_error_line(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
