@@ -10,7 +10,7 @@
 //!    publish is acknowledged by JetStream, before the batch is acked;
 //! 2. a message JetStream redelivered, or whose sequence is at or below the table's
 //!    watermark at startup, is checked against the table sequence by sequence and, if
-//!    present, acked without writing ([`Outcome::AlreadyApplied`]);
+//!    present, acked without writing (counted as a skipped redelivery);
 //! 3. a batch is acked only after its INSERT returned success; while ClickHouse is down the
 //!    INSERT is retried forever and the batch's messages get progress acks, so JetStream
 //!    neither redelivers them nor lets them go;
@@ -50,17 +50,6 @@ pub struct SinkContext {
     pub health: Health,
     /// Fired when the drain timeout expires: interrupts endless retries.
     pub hard_stop: CancellationToken,
-}
-
-/// How a message of a batch was settled; drives the ack decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Written by this batch's INSERT.
-    Inserted,
-    /// Already in the table from an earlier delivery; acked without writing.
-    AlreadyApplied,
-    /// Published to the dead-letter stream.
-    DeadLetter,
 }
 
 /// Why a stream's loop stopped.
@@ -381,21 +370,18 @@ async fn write_batch<O: StoredObservation>(
     context: &Arc<SinkContext>,
     batch: Batch,
     watermark: u64,
-) -> Result<Vec<Outcome>, ConsumeError> {
+) -> Result<(), ConsumeError> {
     let kind = O::KIND;
-    let mut outcomes = vec![Outcome::Inserted; batch.messages.len()];
     let mut rows = Vec::with_capacity(batch.messages.len());
-    let mut sequences = vec![0_u64; batch.messages.len()];
     let mut needs_check = false;
     let mut last_pending = None;
-    for (index, message) in batch.messages.iter().enumerate() {
+    for message in &batch.messages {
         let Ok(info) = message.info() else {
             // Not a JetStream delivery (no reply subject): nothing to ack either.
             tracing::error!(kind = %kind, subject = %message.subject, "message without jetstream metadata ignored");
             continue;
         };
         let sequence = info.stream_sequence;
-        sequences[index] = sequence;
         needs_check |= info.delivered > 1 || sequence <= watermark;
         last_pending = Some(info.pending);
         match Event::<O>::decode(&message.payload) {
@@ -405,7 +391,6 @@ async fn write_batch<O: StoredObservation>(
             }),
             Err(error) => {
                 publish_dead_letter(context, kind, message, sequence, &error).await?;
-                outcomes[index] = Outcome::DeadLetter;
             }
         }
     }
@@ -416,12 +401,6 @@ async fn write_batch<O: StoredObservation>(
         insert_with_retry::<O>(context, rows.clone(), needs_check, &batch.messages).await?;
     let insert_time = started.elapsed();
     let already_applied = rows.len() - written.len();
-    for (outcome, sequence) in outcomes.iter_mut().zip(&sequences) {
-        if *outcome == Outcome::Inserted && !written.contains(sequence) {
-            *outcome = Outcome::AlreadyApplied;
-        }
-    }
-
     // Every message is settled (inserted, already present, or safely dead-lettered): ack all.
     let mut ack_failures = 0_usize;
     for message in &batch.messages {
@@ -437,7 +416,7 @@ async fn write_batch<O: StoredObservation>(
         events::consumer_pending(kind, pending);
     }
     context.health.set_ready("clickhouse");
-    Ok(outcomes)
+    Ok(())
 }
 
 /// State carried across INSERT attempts of one batch.
