@@ -48,7 +48,12 @@ impl<O: Observation> Parsed<O> {
     }
 
     /// Records a record that failed before it became an observation.
-    pub fn reject(&mut self, location: impl Into<String>, reason: &'static str, detail: impl Into<String>) {
+    pub fn reject(
+        &mut self,
+        location: impl Into<String>,
+        reason: &'static str,
+        detail: impl Into<String>,
+    ) {
         self.rejected.push(RejectedRecord {
             location: location.into(),
             reason,
@@ -69,8 +74,9 @@ impl<O: Observation> Parsed<O> {
     pub fn dedupe(mut self) -> Parsed<O> {
         let mut seen: HashSet<(String, DateTime<Utc>)> = HashSet::new();
         let before = self.observations.len();
-        self.observations
-            .retain(|observation| seen.insert((observation.site().to_owned(), observation.observed_at())));
+        self.observations.retain(|observation| {
+            seen.insert((observation.site().to_owned(), observation.observed_at()))
+        });
         self.duplicates += before - self.observations.len();
         self
     }
@@ -190,7 +196,10 @@ mod tests {
         assert_eq!(normalize_site("Mt Eliza"), "mt-eliza");
         assert_eq!(normalize_site("MT-ELIZA"), "mt-eliza");
         assert_eq!(normalize_site("  Port  Fairy "), "port-fairy");
-        assert_eq!(normalize_site("VICTOR-HARBOUROFFSHORE"), "victor-harbouroffshore");
+        assert_eq!(
+            normalize_site("VICTOR-HARBOUROFFSHORE"),
+            "victor-harbouroffshore"
+        );
     }
 
     #[test]

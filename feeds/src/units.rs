@@ -71,8 +71,8 @@ pub fn text(value: Option<&Value>) -> Option<&str> {
 /// anything else that is not a direction.
 pub fn compass_degrees(point: &str) -> Option<f64> {
     const POINTS: [&str; 16] = [
-        "N", "NNE", "NE", "ENE", "E", "ESE", "SE", "SSE", "S", "SSW", "SW", "WSW", "W", "WNW", "NW",
-        "NNW",
+        "N", "NNE", "NE", "ENE", "E", "ESE", "SE", "SSE", "S", "SSW", "SW", "WSW", "W", "WNW",
+        "NW", "NNW",
     ];
     let upper = point.trim().to_ascii_uppercase();
     POINTS
@@ -94,8 +94,14 @@ mod tests {
         assert_eq!(number(None), NumberField::Missing);
         assert_eq!(number(Some(&json!("15.2"))), NumberField::Value(15.2));
         assert_eq!(number(Some(&json!(0))), NumberField::Value(0.0));
-        assert!(matches!(number(Some(&json!("abc"))), NumberField::Invalid(_)));
-        assert!(matches!(number(Some(&json!(true))), NumberField::Invalid(_)));
+        assert!(matches!(
+            number(Some(&json!("abc"))),
+            NumberField::Invalid(_)
+        ));
+        assert!(matches!(
+            number(Some(&json!(true))),
+            NumberField::Invalid(_)
+        ));
     }
 
     #[test]

@@ -77,6 +77,37 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The secret given directly, or else read from `file` (how Vault templates and Docker
+    /// secrets mount it); one trailing newline is dropped. `setting` names the file flag in the
+    /// error, which never contains the file's content.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when the file cannot be read or is empty.
+    pub fn from_value_or_file(
+        value: Option<&Secret>,
+        file: Option<&std::path::Path>,
+        setting: &'static str,
+    ) -> Result<Option<Secret>, ConfigError> {
+        match (value, file) {
+            (Some(secret), _) => Ok(Some(secret.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    ConfigError::new(setting, format!("cannot read {}: {error}", path.display()))
+                })?;
+                let secret = text.trim_end_matches(['\n', '\r']);
+                if secret.is_empty() {
+                    return Err(ConfigError::new(
+                        setting,
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Ok(Some(Secret::new(secret)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 impl std::fmt::Debug for Secret {

@@ -169,19 +169,11 @@ impl ClickHouseSettings {
             "--clickhouse-database/CLICKHOUSE_DATABASE",
             &args.clickhouse_database,
         )?;
-        let password = match (&args.clickhouse_password, &args.clickhouse_password_file) {
-            (Some(password), _) => Some(password.clone()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|error| {
-                    ConfigError::new(
-                        "--clickhouse-password-file/CLICKHOUSE_PASSWORD_FILE",
-                        format!("cannot read {}: {error}", path.display()),
-                    )
-                })?;
-                Some(Secret::new(text.trim_end_matches(['\n', '\r'])))
-            }
-            (None, None) => None,
-        };
+        let password = Secret::from_value_or_file(
+            args.clickhouse_password.as_ref(),
+            args.clickhouse_password_file.as_deref(),
+            "--clickhouse-password-file/CLICKHOUSE_PASSWORD_FILE",
+        )?;
         Ok(ClickHouseSettings {
             url,
             database: args.clickhouse_database.clone(),
