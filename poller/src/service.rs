@@ -142,6 +142,9 @@ pub async fn run_service<F: Feed>(
     Ok(())
 }
 
+/// Events published between two cursor saves within one response.
+const CHECKPOINT_EVERY: usize = 200;
+
 struct PollContext<F> {
     feed: F,
     settings: PollSettings,
@@ -272,30 +275,28 @@ async fn poll_once<F: Feed>(
                 state.cursors.entry(site.clone()).or_insert(loaded)
             }
         };
-        let mut advanced = false;
+        let mut unsaved = 0_usize;
         let mut outcome = Ok(());
         for event in site_events {
             let observed_at = event.observation.observed_at();
-            match stored
-                .cursor
-                .decide(observed_at, event.event_id.as_str(), window)
-            {
+            let id = event.event_id.as_str();
+            match stored.cursor.decide(observed_at, id, window) {
                 Decision::Unchanged => report.unchanged += 1,
                 Decision::Stale => report.stale += 1,
                 Decision::Publish => match publish(context, &event).await {
-                    Ok(Published::Stored { .. }) => {
-                        report.published += 1;
-                        stored
-                            .cursor
-                            .record(observed_at, event.event_id.as_str(), window);
-                        advanced = true;
-                    }
-                    Ok(Published::Duplicate) => {
-                        report.duplicates_in_stream += 1;
-                        stored
-                            .cursor
-                            .record(observed_at, event.event_id.as_str(), window);
-                        advanced = true;
+                    Ok(published) => {
+                        match published {
+                            Published::Stored { .. } => report.published += 1,
+                            Published::Duplicate => report.duplicates_in_stream += 1,
+                        }
+                        stored.cursor.record(observed_at, id, window);
+                        unsaved += 1;
+                        // A long response (a first poll, a backlog) checkpoints as it goes, so
+                        // a crash republishes at most this many, well inside the duplicate window.
+                        if unsaved >= CHECKPOINT_EVERY {
+                            context.cursors.save(&site, stored, window).await?;
+                            unsaved = 0;
+                        }
                     }
                     Err(error) => {
                         outcome = Err(error);
@@ -305,7 +306,7 @@ async fn poll_once<F: Feed>(
             }
         }
         // Whatever was acknowledged is recorded, even when shutdown interrupted the rest.
-        if advanced {
+        if unsaved > 0 {
             context.cursors.save(&site, stored, window).await?;
         }
         outcome?;

@@ -1,6 +1,6 @@
 //! Readiness probes, shared by the test servers and `cargo xtask services up`.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -78,4 +78,28 @@ pub fn log_tail(path: &Path, n_lines: usize) -> String {
         }
         Err(err) => format!("(cannot read {}: {err})", path.display()),
     }
+}
+
+/// GET `path` from 127.0.0.1:`port`; returns (status, body), or None if nothing listens.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())?;
+    Some((status, body))
+}
+
+/// Sum of the Prometheus samples named `name` whose line contains `label_fragment`.
+pub fn metric_value(page: &str, name: &str, label_fragment: &str) -> f64 {
+    page.lines()
+        .filter(|line| line.starts_with(name) && line.contains(label_fragment))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

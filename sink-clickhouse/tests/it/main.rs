@@ -13,12 +13,12 @@ mod delivery;
 mod faults;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use test_support::{free_port, target_bin, ClickHouseServer, NatsServer};
+pub use test_support::probe::{http_get, metric_value};
 
 /// The servers of one test plus the settings every binary gets.
 pub struct Pipeline {
@@ -173,30 +173,6 @@ pub fn parse_report(text: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-/// GET `path` from 127.0.0.1:`port`; returns (status, body), or None if nothing listens.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())?;
-    Some((status, body))
-}
-
-/// Value of a Prometheus sample whose line starts with `prefix` (name plus labels), summed
-/// over the lines that match.
-pub fn metric_value(page: &str, name: &str, label_fragment: &str) -> f64 {
-    page.lines()
-        .filter(|line| line.starts_with(name) && line.contains(label_fragment))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// Polls the sink's `/metrics` until `name{…label_fragment…}` reaches `expected`.
 pub fn wait_for_metric(sink: &Sink, name: &str, label_fragment: &str, expected: f64) -> f64 {
