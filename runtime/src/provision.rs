@@ -209,6 +209,10 @@ pub async fn ensure_pull_consumer(
 
 /// Opens a key-value bucket, creating it with `history` revisions per key if missing.
 ///
+/// The bucket's backing stream (`KV_<bucket>` on `$KV.<bucket>.>`) is declared with
+/// [`ensure_stream`] rather than async-nats' `create_key_value`, whose request nats-server 2.9
+/// answers in a shape the client cannot read. The settings are the ones a KV bucket has.
+///
 /// # Errors
 ///
 /// Returns [`ProvisionError::KeyValue`] when the bucket can be neither opened nor created.
@@ -220,24 +224,29 @@ pub async fn ensure_kv(
     if let Ok(store) = jetstream.get_key_value(bucket).await {
         return Ok(store);
     }
-    let created = jetstream
-        .create_key_value(kv::Config {
-            bucket: bucket.to_owned(),
-            history,
+    let kv_error = |detail: String| ProvisionError::KeyValue {
+        bucket: bucket.to_owned(),
+        detail,
+    };
+    ensure_stream(
+        jetstream,
+        stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: history.max(1),
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            storage: stream::StorageType::File,
+            num_replicas: 1,
             ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Another process may have created it between our two calls.
-        Err(create_error) => {
-            jetstream
-                .get_key_value(bucket)
-                .await
-                .map_err(|_| ProvisionError::KeyValue {
-                    bucket: bucket.to_owned(),
-                    detail: create_error.to_string(),
-                })
-        }
-    }
+        },
+    )
+    .await
+    .map_err(|error| kv_error(error.to_string()))?;
+    jetstream
+        .get_key_value(bucket)
+        .await
+        .map_err(|error| kv_error(error.to_string()))
 }

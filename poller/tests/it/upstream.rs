@@ -25,10 +25,19 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: impl Into<Vec<u8>>) -> Reply {
-        Reply { status: 200, headers: vec![("content-type", "application/json".into())], body: body.into(), delay: Duration::ZERO, etag: None }
+        Reply {
+            status: 200,
+            headers: vec![("content-type", "application/json".into())],
+            body: body.into(),
+            delay: Duration::ZERO,
+            etag: None,
+        }
     }
     pub fn status(status: u16, body: impl Into<Vec<u8>>) -> Reply {
-        Reply { status, ..Reply::ok(body) }
+        Reply {
+            status,
+            ..Reply::ok(body)
+        }
     }
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
@@ -76,7 +85,10 @@ impl Upstream {
         let address = listener.local_addr().expect("address");
         let state = Arc::clone(&routes);
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                 let app = axum::Router::new().fallback(answer).with_state(state);
@@ -90,24 +102,41 @@ impl Upstream {
         format!("http://{}{path}", self.address)
     }
 
-    /// Replaces `path`'s script.
+    /// Replaces the script of `path` (or of `path?query`, matched exactly).
     pub fn script(&self, path: &str, replies: Vec<Reply>) {
         let mut routes = self.routes.lock().unwrap();
         routes.scripts.insert(path.to_owned(), replies.into());
     }
 
     pub fn seen(&self, path: &str) -> Vec<Seen> {
-        self.routes.lock().unwrap().seen.iter().filter(|seen| seen.path == path).cloned().collect()
+        self.routes
+            .lock()
+            .unwrap()
+            .seen
+            .iter()
+            .filter(|seen| seen.path == path)
+            .cloned()
+            .collect()
     }
 }
 
-async fn answer(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>) -> Response<Body> {
+async fn answer(
+    State(routes): State<Arc<Mutex<Routes>>>,
+    request: Request<Body>,
+) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
     let headers = request.headers().clone();
     let reply = {
         let mut routes = routes.lock().unwrap();
-        match routes.scripts.get_mut(&path) {
+        // A script keyed by "path?query" wins over one keyed by the path alone.
+        let key = format!("{path}?{query}");
+        let key = if routes.scripts.contains_key(&key) {
+            key
+        } else {
+            path.clone()
+        };
+        match routes.scripts.get_mut(&key) {
             Some(script) if script.len() > 1 => script.pop_front(),
             Some(script) => script.front().cloned(),
             None => None,
@@ -115,17 +144,35 @@ async fn answer(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>
     };
     let Some(reply) = reply else {
         let mut routes = routes.lock().unwrap();
-        routes.seen.push(Seen { at: Instant::now(), path, query, headers, status: 404 });
-        return Response::builder().status(404).body(Body::from("no such fixture")).unwrap();
+        routes.seen.push(Seen {
+            at: Instant::now(),
+            path,
+            query,
+            headers,
+            status: 404,
+        });
+        return Response::builder()
+            .status(404)
+            .body(Body::from("no such fixture"))
+            .unwrap();
     };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
     let not_modified = reply.etag.as_deref().is_some_and(|etag| {
-        headers.get("if-none-match").and_then(|value| value.to_str().ok()) == Some(etag)
+        headers
+            .get("if-none-match")
+            .and_then(|value| value.to_str().ok())
+            == Some(etag)
     });
     let status = if not_modified { 304 } else { reply.status };
-    routes.lock().unwrap().seen.push(Seen { at: Instant::now(), path, query, headers, status });
+    routes.lock().unwrap().seen.push(Seen {
+        at: Instant::now(),
+        path,
+        query,
+        headers,
+        status,
+    });
     let mut response = Response::builder().status(StatusCode::from_u16(status).unwrap());
     for (name, value) in &reply.headers {
         response = response.header(*name, value);
@@ -133,6 +180,10 @@ async fn answer(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>
     if let Some(etag) = &reply.etag {
         response = response.header("etag", etag);
     }
-    let body = if not_modified { Body::empty() } else { Body::from(reply.body) };
+    let body = if not_modified {
+        Body::empty()
+    } else {
+        Body::from(reply.body)
+    };
     response.body(body).unwrap()
 }

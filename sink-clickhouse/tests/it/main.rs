@@ -17,8 +17,8 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use test_support::{free_port, target_bin, ClickHouseServer, NatsServer};
 pub use test_support::probe::{http_get, metric_value};
+use test_support::{free_port, target_bin, ClickHouseServer, NatsServer};
 
 /// The servers of one test plus the settings every binary gets.
 pub struct Pipeline {
@@ -172,7 +172,6 @@ pub fn parse_report(text: &str) -> HashMap<String, u64> {
         })
         .collect()
 }
-
 
 /// Polls the sink's `/metrics` until `name{…label_fragment…}` reaches `expected`.
 pub fn wait_for_metric(sink: &Sink, name: &str, label_fragment: &str, expected: f64) -> f64 {

@@ -1,0 +1,148 @@
+//! The cursor: a poller killed mid-response and restarted publishes no duplicate and leaves no
+//! gap; a poller restarted after a complete poll publishes only what is new.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::{
+    distinct_keys, fixture, stream_events, stream_len, wait_until, Reply, Service, Upstream,
+};
+use test_support::probe::metric_value;
+
+/// An AODN map-layer response with `count` Tathra observations, one every 10 minutes from
+/// 2025-05-01T00:00, built from a genuine feature of the fixture.
+fn tathra_series(count: usize) -> Vec<u8> {
+    let mut document: Value = serde_json::from_slice(&fixture(
+        "imos/aodn_wave_nrt_v2_timeseries_map_2025-05-05_features14-50.geojson",
+    ))
+    .unwrap();
+    let template = document["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|feature| feature["properties"]["site_name"] == "Tathra")
+        .cloned()
+        .unwrap();
+    let start = chrono::DateTime::parse_from_rfc3339("2025-05-01T00:00:00Z").unwrap();
+    let features: Vec<Value> = (0..count)
+        .map(|index| {
+            let mut feature = template.clone();
+            let time = start + chrono::Duration::minutes(10 * index as i64);
+            feature["properties"]["TIME"] = json!(time.format("%Y-%m-%dT%H:%M:%S").to_string());
+            feature["properties"]["significant_wave_height"] =
+                json!(0.5 + (index % 50) as f64 / 100.0);
+            feature
+        })
+        .collect();
+    document["features"] = Value::Array(features);
+    serde_json::to_vec(&document).unwrap()
+}
+
+fn spawn_wave(nats: &test_support::NatsServer, upstream: &Upstream) -> Service {
+    let url = upstream.url("/geoserver/ows");
+    Service::spawn(
+        "ingest-wave",
+        nats,
+        &[
+            "run",
+            "--sites",
+            "Tathra",
+            "--wfs-url",
+            &url,
+            "--interval",
+            "1s",
+            "--max-requests-per-minute",
+            "600",
+        ],
+        // A short duplicate window: after a completed poll, only the cursor prevents
+        // republishing.
+        &[("NOMADWAVE_DUPLICATE_WINDOW", "30s")],
+    )
+}
+
+#[test]
+fn killed_mid_run_and_restarted_publishes_each_observation_once() {
+    let nats = test_support::NatsServer::start("cursor-restart");
+    let upstream = Upstream::start();
+    // 6000 observations: a first poll long enough to be killed in the middle of.
+    upstream.script("/geoserver/ows", vec![Reply::ok(tathra_series(6000))]);
+
+    let mut first = spawn_wave(&nats, &upstream);
+    let started = wait_until(Duration::from_secs(60), || {
+        stream_len(&nats, "WAVE") >= 1000
+    });
+    assert!(
+        started,
+        "first poller published {} events; log:\n{}",
+        stream_len(&nats, "WAVE"),
+        first.log_text()
+    );
+    first.kill(); // SIGKILL, mid-response
+    let at_kill = stream_len(&nats, "WAVE");
+    assert!(
+        at_kill < 6000,
+        "the kill must land mid-response (stream had {at_kill})"
+    );
+
+    // Restarted: finishes the response without duplicates (cursor checkpoint + Nats-Msg-Id).
+    let second = spawn_wave(&nats, &upstream);
+    let finished = wait_until(Duration::from_secs(90), || {
+        stream_len(&nats, "WAVE") >= 6000
+    });
+    assert!(
+        finished,
+        "stream holds {}; log:\n{}",
+        stream_len(&nats, "WAVE"),
+        second.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let events = stream_events(&nats, "WAVE");
+    assert_eq!(
+        events.len(),
+        6000,
+        "each observation exactly once after the restart"
+    );
+    assert_eq!(
+        distinct_keys(&events, "site").len(),
+        6000,
+        "no gap, no repeat"
+    );
+    drop(second);
+
+    // Past the duplicate window, a third poller against a response with 25 more observations
+    // publishes exactly those 25: the cursor, not JetStream's window, stops the rest.
+    std::thread::sleep(Duration::from_secs(31));
+    upstream.script("/geoserver/ows", vec![Reply::ok(tathra_series(6025))]);
+    let third = spawn_wave(&nats, &upstream);
+    let grew = wait_until(Duration::from_secs(60), || {
+        stream_len(&nats, "WAVE") >= 6025
+    });
+    assert!(
+        grew,
+        "stream holds {}; log:\n{}",
+        stream_len(&nats, "WAVE"),
+        third.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        stream_len(&nats, "WAVE"),
+        6025,
+        "only the new observations were published"
+    );
+    let page = third.metrics();
+    assert_eq!(
+        metric_value(&page, "nomadwave_poll_duplicates_total", "where=\"stream\""),
+        0.0,
+        "nothing needed JetStream's dedupe:\n{page}"
+    );
+    assert_eq!(
+        metric_value(
+            &page,
+            "nomadwave_poll_events_published_total",
+            "site=\"tathra\""
+        ),
+        25.0,
+        "{page}"
+    );
+}
