@@ -160,7 +160,7 @@ struct PollContext<F> {
 enum PollError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error("the response is not usable: {0}")]
+    #[error("the response is not usable")]
     Payload(#[from] PayloadError),
     #[error(transparent)]
     Cursor(#[from] CursorError),

@@ -2,15 +2,9 @@
 //! nats-server: 429 with Retry-After, 500, a hang, truncated JSON, an HTML page, 401, ETag/304,
 //! the rate limit, and bad token configuration.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{Request, Response, StatusCode};
 use test_support::probe::metric_value;
 use test_support::NatsServer;
 
@@ -127,98 +121,6 @@ fn wait_for_exit(service: &mut Service, timeout: Duration) -> ExitStatus {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// An upstream that answers by the `zone` query parameter (the shared [`Upstream`] routes by
-/// path only, and every zone shares one path): one fixed reply per zone, every request recorded.
-struct ZoneUpstream {
-    address: SocketAddr,
-    routes: Arc<Mutex<ZoneRoutes>>,
-}
-
-#[derive(Default)]
-struct ZoneRoutes {
-    replies: HashMap<String, Reply>,
-    seen: Vec<Seen>,
-}
-
-impl ZoneUpstream {
-    fn start(replies: Vec<(&str, Reply)>) -> ZoneUpstream {
-        let routes = Arc::new(Mutex::new(ZoneRoutes {
-            replies: replies
-                .into_iter()
-                .map(|(zone, reply)| (zone.to_owned(), reply))
-                .collect(),
-            seen: Vec::new(),
-        }));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let address = listener.local_addr().unwrap();
-        let state = Arc::clone(&routes);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = axum::Router::new()
-                    .fallback(answer_by_zone)
-                    .with_state(state);
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
-        ZoneUpstream { address, routes }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    /// Requests for `zone`, in arrival order.
-    fn seen_zone(&self, zone: &str) -> Vec<Seen> {
-        self.seen_all()
-            .into_iter()
-            .filter(|seen| zone_of(&seen.query) == Some(zone))
-            .collect()
-    }
-
-    fn seen_all(&self) -> Vec<Seen> {
-        self.routes.lock().unwrap().seen.clone()
-    }
-}
-
-fn zone_of(query: &str) -> Option<&str> {
-    query.split('&').find_map(|pair| pair.strip_prefix("zone="))
-}
-
-async fn answer_by_zone(
-    State(routes): State<Arc<Mutex<ZoneRoutes>>>,
-    request: Request<Body>,
-) -> Response<Body> {
-    let path = request.uri().path().to_owned();
-    let query = request.uri().query().unwrap_or_default().to_owned();
-    let headers = request.headers().clone();
-    let reply = zone_of(&query).and_then(|zone| routes.lock().unwrap().replies.get(zone).cloned());
-    let status = reply.as_ref().map_or(404, |reply| reply.status);
-    routes.lock().unwrap().seen.push(Seen {
-        at: Instant::now(),
-        path,
-        query,
-        headers,
-        status,
-    });
-    let Some(reply) = reply else {
-        return Response::builder()
-            .status(404)
-            .body(Body::from("no such zone"))
-            .unwrap();
-    };
-    let mut response = Response::builder().status(StatusCode::from_u16(reply.status).unwrap());
-    for (name, value) in &reply.headers {
-        response = response.header(*name, value);
-    }
-    response.body(Body::from(reply.body)).unwrap()
 }
 
 #[test]
@@ -400,10 +302,15 @@ fn faults_are_retried_and_the_right_events_arrive_once() {
 fn unauthorized_is_not_retried_and_drops_readiness() {
     const TOKEN: &str = "tok-SECRET-4242";
     let nats = NatsServer::start("faults-unauthorized");
-    let upstream = ZoneUpstream::start(vec![
-        ("BE", Reply::status(401, fixture(ERROR_401))),
-        ("US-CAR-DUK", Reply::ok(fixture(LATEST_US))),
-    ]);
+    let upstream = Upstream::start();
+    upstream.script(
+        &format!("{LATEST_PATH}?zone=BE"),
+        vec![Reply::status(401, fixture(ERROR_401))],
+    );
+    upstream.script(
+        &format!("{LATEST_PATH}?zone=US-CAR-DUK"),
+        vec![Reply::ok(fixture(LATEST_US))],
+    );
     let api_url = upstream.url("/v3");
     let started = Instant::now();
     let mut service = Service::spawn(
@@ -433,13 +340,16 @@ fn unauthorized_is_not_retried_and_drops_readiness() {
         diagnostics(&service)
     );
     assert!(
-        wait_until(PATIENCE, || upstream.seen_zone("BE").len() >= 3),
+        wait_until(PATIENCE, || upstream
+            .seen_query(LATEST_PATH, "zone=BE")
+            .len()
+            >= 3),
         "BE was not polled again on later intervals{}",
         diagnostics(&service)
     );
 
     // One request per poll: no retry of a 401 within a poll.
-    let be_requests = upstream.seen_zone("BE");
+    let be_requests = upstream.seen_query(LATEST_PATH, "zone=BE");
     let elapsed = started.elapsed();
     let intervals = elapsed.as_secs_f64().floor() as usize;
     assert!(
@@ -632,7 +542,7 @@ fn rate_limit_spaces_requests() {
     let every_zone_polled = |seen: &[Seen]| {
         ZONES
             .iter()
-            .all(|zone| seen.iter().any(|seen| zone_of(&seen.query) == Some(*zone)))
+            .all(|zone| seen.iter().any(|seen| seen.query == format!("zone={zone}")))
     };
     assert!(
         wait_until(Duration::from_secs(40), || {

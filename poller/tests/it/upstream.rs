@@ -108,6 +108,19 @@ impl Upstream {
         routes.scripts.insert(path.to_owned(), replies.into());
     }
 
+    /// Every request, in arrival order.
+    pub fn seen_all(&self) -> Vec<Seen> {
+        self.routes.lock().unwrap().seen.clone()
+    }
+
+    /// Requests for `path` with exactly `query`.
+    pub fn seen_query(&self, path: &str, query: &str) -> Vec<Seen> {
+        self.seen(path)
+            .into_iter()
+            .filter(|seen| seen.query == query)
+            .collect()
+    }
+
     pub fn seen(&self, path: &str) -> Vec<Seen> {
         self.routes
             .lock()
