@@ -41,7 +41,7 @@
 //! - **Wrong documents.** The OGC API field list of the layer (a schema, not observations), a
 //!   GeoServer JSON exception report and any non-`FeatureCollection` are whole-payload errors.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use schema::WaveObservation;
 use serde_json::{Map, Value};
 
@@ -305,7 +305,7 @@ fn site(properties: &Map<String, Value>) -> Result<String, Rejection> {
 
 fn observed_at(properties: &Map<String, Value>) -> Result<DateTime<Utc>, Rejection> {
     match member(properties, "TIME") {
-        Some(Value::String(text)) => parse_time(text).ok_or_else(|| {
+        Some(Value::String(text)) => crate::units::time_assuming_utc(text).ok_or_else(|| {
             Rejection::new(
                 "bad_time",
                 format!("TIME {text:?} is not an ISO-8601 date and time"),
@@ -320,31 +320,6 @@ fn observed_at(properties: &Map<String, Value>) -> Result<DateTime<Utc>, Rejecti
             ),
         )),
     }
-}
-
-/// Reads an AODN time: no zone designator means UTC; `Z`, `±hh:mm`/`±hhmm` offsets and
-/// fractional seconds are accepted, and a space may stand for the `T`.
-fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    let text = text.trim();
-    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
-        return Some(time.with_timezone(&Utc));
-    }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"] {
-        if let Ok(time) = DateTime::parse_from_str(text, format) {
-            return Some(time.with_timezone(&Utc));
-        }
-    }
-    for format in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-    ] {
-        if let Ok(time) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(time.and_utc());
-        }
-    }
-    None
 }
 
 /// A property by its column name; a spelling differing only in case is accepted when the exact
@@ -471,17 +446,35 @@ mod tests {
     #[test]
     fn times_without_zone_are_utc_and_offsets_convert() {
         let utc = Utc.with_ymd_and_hms(2025, 5, 5, 0, 40, 0).unwrap();
-        assert_eq!(parse_time("2025-05-05T00:40:00"), Some(utc));
-        assert_eq!(parse_time("2025-05-05T00:40:00Z"), Some(utc));
-        assert_eq!(parse_time("2025-05-05 00:40:00"), Some(utc));
-        assert_eq!(parse_time("2025-05-05T10:40:00+10:00"), Some(utc));
-        assert_eq!(parse_time("2025-05-05T10:40:00+1000"), Some(utc));
-        assert_eq!(parse_time("2025-05-05T10:40:00.000+10:00"), Some(utc));
         assert_eq!(
-            parse_time("2025-05-05T00:40:00.250"),
+            crate::units::time_assuming_utc("2025-05-05T00:40:00"),
+            Some(utc)
+        );
+        assert_eq!(
+            crate::units::time_assuming_utc("2025-05-05T00:40:00Z"),
+            Some(utc)
+        );
+        assert_eq!(
+            crate::units::time_assuming_utc("2025-05-05 00:40:00"),
+            Some(utc)
+        );
+        assert_eq!(
+            crate::units::time_assuming_utc("2025-05-05T10:40:00+10:00"),
+            Some(utc)
+        );
+        assert_eq!(
+            crate::units::time_assuming_utc("2025-05-05T10:40:00+1000"),
+            Some(utc)
+        );
+        assert_eq!(
+            crate::units::time_assuming_utc("2025-05-05T10:40:00.000+10:00"),
+            Some(utc)
+        );
+        assert_eq!(
+            crate::units::time_assuming_utc("2025-05-05T00:40:00.250"),
             Some(utc + chrono::Duration::milliseconds(250))
         );
-        assert_eq!(parse_time("garbage"), None);
-        assert_eq!(parse_time("2025-13-05T00:40:00"), None);
+        assert_eq!(crate::units::time_assuming_utc("garbage"), None);
+        assert_eq!(crate::units::time_assuming_utc("2025-13-05T00:40:00"), None);
     }
 }

@@ -10,6 +10,8 @@
 //!   [`WeatherObservation`];
 //! - [`electricitymaps`]: Electricity Maps v3 carbon intensity (latest, history, past-range) →
 //!   [`CarbonIntensity`];
+//! - [`pi_buoy`]: NomadWave's own Pi buoy MQTT messages → [`WaveObservation`];
+//! - [`rtl_433`]: rtl_433 JSON events from Pi weather stations → [`WeatherObservation`];
 //! - this module: the result every parser returns ([`Parsed`]), the whole-payload error
 //!   ([`PayloadError`]) and the small conversions they share ([`units`], [`normalize_site`]).
 //!
@@ -30,6 +32,8 @@ pub mod bom;
 pub mod electricitymaps;
 pub mod imos;
 mod parsed;
+pub mod pi_buoy;
+pub mod rtl_433;
 pub mod units;
 
 pub use parsed::{normalize_site, Parsed, PayloadError, RejectedRecord};

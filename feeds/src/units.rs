@@ -1,5 +1,6 @@
 //! Unit conversions and value readers shared by the parsers.
 
+use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 
 /// Metres per second in one knot (exactly 1852 m / 3600 s).
@@ -81,6 +82,37 @@ pub fn compass_degrees(point: &str) -> Option<f64> {
         .map(|index| index as f64 * 22.5)
 }
 
+/// Reads an ISO-8601 time that carries its zone (`Z`, `±hh:mm` or `±hhmm`); fractional seconds
+/// are accepted and a space may stand for the `T`. A time without a zone is `None`: it is
+/// ambiguous.
+pub fn time_with_zone(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Some(time.with_timezone(&Utc));
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"]
+        .iter()
+        .find_map(|format| DateTime::parse_from_str(text, format).ok())
+        .map(|time| time.with_timezone(&Utc))
+}
+
+/// Like [`time_with_zone`], but a time without a zone is read as UTC (AODN's `TIME`, rtl_433
+/// run with `-M time:utc`).
+pub fn time_assuming_utc(text: &str) -> Option<DateTime<Utc>> {
+    time_with_zone(text).or_else(|| {
+        let text = text.trim();
+        [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M",
+            "%Y-%m-%d %H:%M",
+        ]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+        .map(|time| time.and_utc())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +149,24 @@ mod tests {
     fn speeds_convert_to_metres_per_second() {
         assert!((knots_to_ms(10.0) - 5.144_444).abs() < 1e-6);
         assert!((kmh_to_ms(36.0) - 10.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn zoned_times_convert_and_naive_ones_need_a_rule() {
+        let utc = time_with_zone("2025-05-05T10:40:00+10:00").expect("offset");
+        assert_eq!(utc.to_rfc3339(), "2025-05-05T00:40:00+00:00");
+        assert_eq!(
+            time_with_zone("2019-08-29 08:38:19+0200").map(|t| t.to_rfc3339()),
+            Some("2019-08-29T06:38:19+00:00".into())
+        );
+        assert_eq!(
+            time_with_zone("2019-08-29 08:38:19"),
+            None,
+            "no zone: ambiguous"
+        );
+        assert_eq!(
+            time_assuming_utc("2019-08-29 08:38:19").map(|t| t.to_rfc3339()),
+            Some("2019-08-29T08:38:19+00:00".into())
+        );
     }
 }
