@@ -43,6 +43,39 @@ pub struct Outgoing {
 ///
 /// [`RetryError::Cancelled`] when `shutdown` fires before the ack; the message may or may not
 /// be stored, and publishing it again later is safe.
+/// Builds the message that dead-letters `payload`: published on `kind`'s dead-letter subject
+/// with the reason, a one-line detail and the `origin` headers (where the message came from),
+/// deduplicated by `message_id` so a redelivered original yields one dead letter.
+pub fn dead_letter(
+    kind: schema::Kind,
+    reason: &str,
+    detail: &str,
+    message_id: String,
+    origin: &[(&'static str, &str)],
+    payload: Bytes,
+) -> Outgoing {
+    let mut headers = HeaderMap::new();
+    headers.insert(schema::dead_letter::REASON, reason);
+    headers.insert(schema::dead_letter::DETAIL, header_safe(detail).as_str());
+    for (name, value) in origin {
+        headers.insert(*name, header_safe(value).as_str());
+    }
+    Outgoing {
+        subject: kind.dead_letter_subject(),
+        message_id,
+        headers,
+        payload,
+    }
+}
+
+/// Header values must be one line of printable text.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(512)
+        .collect()
+}
+
 pub async fn publish_with_id(
     jetstream: &jetstream::Context,
     outgoing: Outgoing,

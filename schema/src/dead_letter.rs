@@ -13,3 +13,6 @@ pub const SOURCE_STREAM: &str = "Nomadwave-Source-Stream";
 pub const SOURCE_SEQUENCE: &str = "Nomadwave-Source-Sequence";
 /// Subject (or MQTT topic) the original message was published on.
 pub const SOURCE_SUBJECT: &str = "Nomadwave-Source-Subject";
+
+/// The MQTT topic a dead-lettered bridge message arrived on.
+pub const SOURCE_TOPIC: &str = "Nomadwave-Source-Topic";

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
 use runtime::provision::{ensure_pull_consumer, ensure_stream, event_stream_config};
-use runtime::publish::{publish_with_id, Outgoing};
+use runtime::publish::publish_with_id;
 use runtime::retry::{retry, RetryError};
 use runtime::{ErrorClass, Health, RetryPolicy};
 use schema::{dead_letter, Event, Kind};
@@ -580,19 +580,20 @@ async fn publish_dead_letter(
 ) -> Result<(), ConsumeError> {
     let reason = error.reason();
     let detail = runtime::config::error_line(error);
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(dead_letter::REASON, reason);
-    headers.insert(dead_letter::DETAIL, header_safe(&detail).as_str());
-    headers.insert(dead_letter::SOURCE_STREAM, kind.stream_name());
-    headers.insert(dead_letter::SOURCE_SEQUENCE, sequence.to_string().as_str());
-    headers.insert(dead_letter::SOURCE_SUBJECT, message.subject.as_str());
-    let outgoing = Outgoing {
-        subject: kind.dead_letter_subject(),
+    let sequence_text = sequence.to_string();
+    let outgoing = runtime::publish::dead_letter(
+        kind,
+        reason,
+        &detail,
         // One dead letter per source message, however often it is redelivered.
-        message_id: format!("deadletter-{}-{sequence}", kind.stream_name()),
-        headers,
-        payload: message.payload.clone(),
-    };
+        format!("deadletter-{}-{sequence}", kind.stream_name()),
+        &[
+            (dead_letter::SOURCE_STREAM, kind.stream_name()),
+            (dead_letter::SOURCE_SEQUENCE, &sequence_text),
+            (dead_letter::SOURCE_SUBJECT, &message.subject),
+        ],
+        message.payload.clone(),
+    );
     let published = publish_with_id(
         &context.jetstream,
         outgoing,
@@ -612,14 +613,6 @@ async fn publish_dead_letter(
         }),
         Err(RetryError::Cancelled) => Err(ConsumeError::Interrupted { kind }),
     }
-}
-
-/// Header values must be one line of printable text.
-fn header_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(512)
-        .collect()
 }
 
 fn database_error(kind: Kind, error: RetryError<DatabaseError>) -> ConsumeError {
