@@ -2,9 +2,11 @@
 //!
 //! Layout:
 //! - [`synthetic`]: deterministic, distinct, valid observations of each kind, and malformed ones;
-//! - [`publish`]: the `publish` mode, which sends them to JetStream and reports what it sent.
+//! - [`publish`]: the `publish` mode, which sends them to JetStream and reports what it sent;
+//! - [`swarm`]: the `mqtt` mode, simulated Pi buoys publishing readings to the broker.
 
 pub mod publish;
+pub mod swarm;
 pub mod synthetic;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,9 @@ pub enum Command {
     /// Publish N distinct valid events of a kind to JetStream, plus optional duplicates and
     /// malformed messages; prints what was sent.
     Publish(Box<publish::PublishArgs>),
+    /// Simulate N Pi buoys publishing wave readings to MQTT (QoS 1); forever, or exactly
+    /// --messages then exit; prints what was sent.
+    Mqtt(Box<swarm::SwarmArgs>),
 }
 
 /// Runs the parsed command.
@@ -44,6 +49,11 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
         Command::Publish(args) => {
             let report = publish::publish(&args, shutdown).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Mqtt(args) => {
+            let report = swarm::run_swarm(&args, shutdown).await?;
             println!("{report}");
             Ok(())
         }

@@ -1,8 +1,10 @@
 //! `ingest-wave`: IMOS/AODN wave buoy observations → `WAVE` events.
 //!
 //! `parse FILE` prints a saved GeoServer response as events; `run` polls the AODN WFS for each
-//! configured site (or the whole layer) through the shared [`poller`]. The MQTT bridge for Pi
-//! buoys joins this binary as `bridge`.
+//! configured site (or the whole layer) through the shared [`poller`]; `bridge` carries the Pi
+//! buoys' (and Pi weather stations') MQTT messages into JetStream ([`bridge`]).
+
+pub mod bridge;
 
 use std::path::PathBuf;
 
@@ -46,6 +48,8 @@ pub enum Command {
     },
     /// Poll the AODN WFS and publish wave events until SIGINT/SIGTERM.
     Run(Box<RunArgs>),
+    /// Bridge Pi buoys' MQTT messages (and rtl_433 weather events) to JetStream.
+    Bridge(Box<bridge::BridgeArgs>),
 }
 
 /// Flags of `run`.
@@ -188,5 +192,6 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             let feed = ImosFeed::from_args(&args)?;
             poller::run_service(feed, &args.service, "ingest-wave", shutdown).await
         }
+        Command::Bridge(args) => bridge::run_bridge(&args, shutdown).await,
     }
 }

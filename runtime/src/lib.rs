@@ -5,6 +5,7 @@
 //!   and a connect that fails with a one-line error naming the setting;
 //! - [`provision`]: idempotent creation of streams, pull consumers and KV buckets;
 //! - [`http`]: one port per process serving `/metrics`, `/healthz` and `/readyz`;
+//! - [`mqtt`]: MQTT broker settings (URL, credentials, keep-alive) for the bridge and simulator;
 //! - [`telemetry`]: tracing in text or JSON, and the Prometheus recorder;
 //! - [`shutdown`]: the process-wide cancellation token fired by SIGINT/SIGTERM;
 //! - [`retry`]: named `backon` retry policies and the loop that logs and counts each retry;
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod http;
+pub mod mqtt;
 pub mod nats;
 pub mod provision;
 pub mod publish;

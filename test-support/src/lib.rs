@@ -12,6 +12,7 @@
 //! - `nats`, `clickhouse`, `mosquitto`: [`NatsServer`], [`ClickHouseServer`], [`MosquittoServer`];
 //! - [`configs`]: the config file writers, also used by `cargo xtask services`;
 //! - [`probe`]: readiness checks, also used by `cargo xtask services`;
+//! - [`service`]: a workspace binary under test ([`service::Service`]);
 //! - [`programs`]: where the server programs live and which Debian package brings each;
 //! - `process`: the child-process and data-folder lifecycles behind all three servers;
 //! - `http`: a minimal HTTP/1.0 client for ClickHouse.
@@ -21,6 +22,7 @@
 pub mod configs;
 pub mod probe;
 pub mod programs;
+pub mod service;
 
 mod clickhouse;
 mod http;

@@ -11,14 +11,12 @@ mod end_to_end;
 mod faults;
 mod upstream;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use test_support::probe::http_get;
-use test_support::{free_port, target_bin, workspace_root, NatsServer};
+pub use test_support::service::{wait_until, Service};
+use test_support::{workspace_root, NatsServer};
 
 pub use upstream::{Reply, Upstream};
 
@@ -26,104 +24,6 @@ pub use upstream::{Reply, Upstream};
 pub fn fixture(path: &str) -> Vec<u8> {
     let full = workspace_root().join("fixtures").join(path);
     std::fs::read(&full).unwrap_or_else(|error| panic!("read {}: {error}", full.display()))
-}
-
-/// A running poller (or sink), killed on drop; its stderr goes to a file the test can search.
-pub struct Service {
-    pub child: Child,
-    pub http_port: u16,
-    pub log: PathBuf,
-}
-
-impl Service {
-    /// Starts `binary` with `args`, talking to `nats`, with extra environment `env`.
-    pub fn spawn(binary: &str, nats: &NatsServer, args: &[&str], env: &[(&str, &str)]) -> Service {
-        let http_port = free_port();
-        let log = nats.data_dir().join(format!("{binary}-{http_port}.log"));
-        let log_file = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(target_bin(binary));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("NATS_URL", nats.url())
-            .env("RUST_LOG", "info")
-            .env("HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
-            .envs(env.iter().copied())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|error| panic!("spawn {binary}: {error}"));
-        Service {
-            child,
-            http_port,
-            log,
-        }
-    }
-
-    pub fn metrics(&self) -> String {
-        http_get(self.http_port, "/metrics")
-            .map(|(_, body)| body)
-            .unwrap_or_default()
-    }
-
-    /// `/readyz` status, or None while nothing listens.
-    pub fn readiness(&self) -> Option<(u16, String)> {
-        http_get(self.http_port, "/readyz")
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "did not stop within 20 s of SIGTERM; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `condition` every 100 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Every message of `stream`, decoded as JSON, in stream order.
