@@ -3,11 +3,13 @@
 //! Layout:
 //! - [`synthetic`]: deterministic, distinct, valid observations of each kind, and malformed ones;
 //! - [`publish`]: the `publish` mode, which sends them to JetStream and reports what it sent;
-//! - [`swarm`]: the `mqtt` mode, simulated Pi buoys publishing readings to the broker.
+//! - [`swarm`]: the `mqtt` mode, simulated Pi buoys publishing readings to the broker;
+//! - [`upstream`]: the `http` mode, the IMOS, BOM and Electricity Maps APIs served locally.
 
 pub mod publish;
 pub mod swarm;
 pub mod synthetic;
+pub mod upstream;
 
 use clap::{Parser, Subcommand};
 use runtime::LogArgs;
@@ -38,6 +40,9 @@ pub enum Command {
     /// Simulate N Pi buoys publishing wave readings to MQTT (QoS 1); forever, or exactly
     /// --messages then exit; prints what was sent.
     Mqtt(Box<swarm::SwarmArgs>),
+    /// Serve the IMOS, BOM and Electricity Maps APIs locally, in their real formats with
+    /// plausible, changing values, until SIGINT/SIGTERM; prints `listening=ADDR`.
+    Http(upstream::HttpArgs),
 }
 
 /// Runs the parsed command.
@@ -57,5 +62,6 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
+        Command::Http(args) => Ok(upstream::serve(&args, shutdown).await?),
     }
 }

@@ -189,7 +189,9 @@ pub async fn run_bridge(args: &BridgeArgs, shutdown: CancellationToken) -> anyho
     // payloads reach the pipeline and are dead-lettered instead.
     let packet_limit = args.max_payload_bytes.saturating_mul(4).max(1024 * 1024);
     options.set_max_packet_size(packet_limit, packet_limit);
-    let (mqtt_client, mut eventloop) = AsyncClient::new(options, 1024);
+    // The request channel carries our PUBACKs; it must never fill (that would stall the
+    // pipeline, and with it the event loop): it holds at most the broker's in-flight window.
+    let (mqtt_client, mut eventloop) = AsyncClient::new(options, 65_536);
 
     let hard_stop = CancellationToken::new();
     let pipeline = Arc::new(Pipeline {
@@ -199,7 +201,9 @@ pub async fn run_bridge(args: &BridgeArgs, shutdown: CancellationToken) -> anyho
         hard_stop: hard_stop.clone(),
     });
     let generation = Arc::new(AtomicU64::new(0));
-    let (sender, receiver) = mpsc::channel::<Received>(args.in_flight);
+    // Unbounded so the event loop never waits (it must keep answering pings); the broker's
+    // in-flight window (`max_inflight_messages`) bounds what it holds.
+    let (sender, receiver) = mpsc::unbounded_channel::<Received>();
     let mut acknowledger = tokio::spawn(acknowledge_in_order(
         receiver,
         Arc::clone(&pipeline),
@@ -243,11 +247,8 @@ pub async fn run_bridge(args: &BridgeArgs, shutdown: CancellationToken) -> anyho
                     generation: generation.load(Ordering::SeqCst),
                 };
                 metrics::counter!("nomadwave_bridge_messages_received_total").increment(1);
-                // Waits when the pipeline is full: the broker holds further messages in its
-                // in-flight window and our session queue.
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    sent = sender.send(received) => if sent.is_err() { break },
+                if sender.send(received).is_err() {
+                    break;
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -308,7 +309,7 @@ pub async fn run_bridge(args: &BridgeArgs, shutdown: CancellationToken) -> anyho
 /// Runs up to `in_flight` messages through the pipeline at once and acknowledges them in
 /// arrival order, each only once its JetStream write is done.
 async fn acknowledge_in_order(
-    mut receiver: mpsc::Receiver<Received>,
+    mut receiver: mpsc::UnboundedReceiver<Received>,
     pipeline: Arc<Pipeline>,
     client: AsyncClient,
     generation: Arc<AtomicU64>,

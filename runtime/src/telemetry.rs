@@ -53,8 +53,11 @@ pub fn init_tracing(args: &LogArgs) -> Result<(), TelemetryError> {
         filter: args.log_filter.clone(),
         source,
     })?;
+    // Colours only on a terminal: a log file or a journal gets plain text to search.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours)
         .with_writer(std::io::stderr);
     // A second initialisation (tests running several services in one process) is harmless.
     let _already_set = match args.log_format {
