@@ -64,6 +64,24 @@ impl Kind {
         format!("{SUBJECT_ROOT}.{}.>", self.as_str())
     }
 
+    /// Subjects of partition `index` once the server maps `nomadwave.<kind>.<site>` to
+    /// `nomadwave.<kind>.<partition>.<site>` (see [`Kind::partition_mapping`]).
+    pub fn partition_filter(self, index: u32) -> String {
+        format!("{SUBJECT_ROOT}.{}.{index}.*", self.as_str())
+    }
+
+    /// The nats-server subject mapping that spreads this kind's sites over `count` partitions
+    /// by a hash of the site token, as a `mappings` entry: `(source, destination)`.
+    pub fn partition_mapping(self, count: u32) -> (String, String) {
+        (
+            format!("{SUBJECT_ROOT}.{}.*", self.as_str()),
+            format!(
+                "{SUBJECT_ROOT}.{}.{{{{partition({count},1)}}}}.{{{{wildcard(1)}}}}",
+                self.as_str()
+            ),
+        )
+    }
+
     /// Subject an event of this kind from `site` is published on, e.g. `nomadwave.wave.CapeSorell`.
     ///
     /// The site becomes a single subject token: characters that NATS treats specially (`.`,

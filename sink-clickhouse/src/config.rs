@@ -91,6 +91,70 @@ pub struct ConsumerArgs {
     /// Longest time to drain in-flight batches on shutdown.
     #[arg(long, env = "SINK_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Number of subject partitions the server maps sites into (0: unpartitioned, one
+    /// consumer reads every subject).
+    #[arg(long, env = "SINK_PARTITIONS", default_value_t = 0)]
+    pub partitions: u32,
+    /// The partition this instance consumes, 0-based [default: $NOMAD_ALLOC_INDEX].
+    #[arg(long, env = "SINK_PARTITION")]
+    pub partition: Option<u32>,
+}
+
+/// The share of the subjects one sink instance consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// This instance's partition, `0..count`.
+    pub index: u32,
+    /// How many partitions the server mapping has.
+    pub count: u32,
+}
+
+impl Partition {
+    /// Reads `--partitions`/`--partition`, falling back to `NOMAD_ALLOC_INDEX` (as Nomad sets
+    /// it for each allocation of a group with `count = partitions`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when partitions are on but no valid index is given.
+    pub fn from_args(
+        args: &ConsumerArgs,
+        alloc_index: Option<&str>,
+    ) -> Result<Option<Partition>, ConfigError> {
+        if args.partitions == 0 {
+            if args.partition.is_some() {
+                return Err(ConfigError::new(
+                    "--partition/SINK_PARTITION",
+                    "given without --partitions/SINK_PARTITIONS",
+                ));
+            }
+            return Ok(None);
+        }
+        let index = match (args.partition, alloc_index) {
+            (Some(index), _) => index,
+            (None, Some(text)) => text.trim().parse::<u32>().map_err(|_| {
+                ConfigError::new("--partition/SINK_PARTITION", format!("NOMAD_ALLOC_INDEX '{text}' is not a number"))
+            })?,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "--partition/SINK_PARTITION",
+                    "partitions are on: give this instance's partition (or run it under Nomad, which sets NOMAD_ALLOC_INDEX)",
+                ))
+            }
+        };
+        if index >= args.partitions {
+            return Err(ConfigError::new(
+                "--partition/SINK_PARTITION",
+                format!(
+                    "partition {index} does not exist with {} partitions (0..{})",
+                    args.partitions, args.partitions
+                ),
+            ));
+        }
+        Ok(Some(Partition {
+            index,
+            count: args.partitions,
+        }))
+    }
 }
 
 /// Everything `run` needs, validated.
@@ -147,6 +211,8 @@ pub struct ConsumerSettings {
     pub max_ack_pending: usize,
     /// Drain bound.
     pub drain_timeout: Duration,
+    /// The partition this instance consumes; `None` reads every subject.
+    pub partition: Option<Partition>,
 }
 
 impl ClickHouseSettings {
@@ -242,6 +308,8 @@ impl SinkSettings {
             ));
         }
         check_durable_name(&consumer.consumer)?;
+        let alloc_index = std::env::var("NOMAD_ALLOC_INDEX").ok();
+        let partition = Partition::from_args(consumer, alloc_index.as_deref())?;
         let mut kinds = Vec::new();
         for name in &consumer.streams {
             let kind = Kind::from_stream_name(name.trim()).ok_or_else(|| {
@@ -269,7 +337,11 @@ impl SinkSettings {
                 max_age: batch.flush_interval,
             },
             consumer: ConsumerSettings {
-                durable_name: consumer.consumer.clone(),
+                durable_name: match partition {
+                    Some(partition) => format!("{}-p{}", consumer.consumer, partition.index),
+                    None => consumer.consumer.clone(),
+                },
+                partition,
                 kinds,
                 ack_wait: consumer.ack_wait,
                 max_ack_pending,

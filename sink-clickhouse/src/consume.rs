@@ -161,7 +161,13 @@ pub async fn consume_stream<O: StoredObservation>(
     )
     .await
     .map_err(|error| database_error(kind, error))?;
-    tracing::info!(kind = %kind, watermark, consumer = %context.settings.consumer.durable_name, "consuming stream");
+    tracing::info!(
+        kind = %kind,
+        watermark,
+        consumer = %context.settings.consumer.durable_name,
+        filter = %consumer_config.filter_subject,
+        "consuming stream"
+    );
 
     let (batches, received) = mpsc::channel::<Batch>(1);
     let writer = tokio::spawn(write_batches::<O>(context.clone(), received, watermark));
@@ -191,7 +197,10 @@ fn consumer_config(kind: Kind, settings: &SinkSettings) -> consumer::pull::Confi
     consumer::pull::Config {
         durable_name: Some(settings.consumer.durable_name.clone()),
         description: Some(format!("sink-clickhouse: {kind} events into clickhouse")),
-        filter_subject: kind.subject_filter(),
+        filter_subject: match settings.consumer.partition {
+            Some(partition) => kind.partition_filter(partition.index),
+            None => kind.subject_filter(),
+        },
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.consumer.ack_wait,
         max_ack_pending: settings.consumer.max_ack_pending as i64,

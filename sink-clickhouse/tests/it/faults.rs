@@ -21,7 +21,7 @@ const SMALL_BATCHES: &[&str] = &[
     "3s",
 ];
 
-fn assert_exact(pipeline: &Pipeline, table: &str, expected: u64) {
+pub fn assert_exact(pipeline: &Pipeline, table: &str, expected: u64) {
     let landed = pipeline.wait_for_rows(table, expected, Duration::from_secs(180));
     assert_eq!(landed, expected, "{table}: rows after recovery");
     // A late duplicate would show up after the count first matched.

@@ -11,6 +11,7 @@ mod config;
 mod dead_letters;
 mod delivery;
 mod faults;
+mod partitions;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -43,8 +44,13 @@ impl Drop for Sink {
 
 impl Pipeline {
     pub fn start(name: &str) -> Pipeline {
+        Pipeline::start_with_nats_config(name, "")
+    }
+
+    /// Servers whose nats-server has `extra` in its config (subject mappings, auth).
+    pub fn start_with_nats_config(name: &str, extra: &str) -> Pipeline {
         Pipeline {
-            nats: NatsServer::start(name),
+            nats: NatsServer::start_with_config(name, extra),
             clickhouse: ClickHouseServer::start(name),
             database: format!("nomadwave_{}", name.replace('-', "_")),
             duplicate_window: "2m",
