@@ -369,9 +369,9 @@ async fn write_batches<O: StoredObservation>(
 }
 
 /// A decoded message waiting for its INSERT.
-struct PendingRow<R> {
-    sequence: u64,
-    row: R,
+pub(crate) struct PendingRow<R> {
+    pub(crate) sequence: u64,
+    pub(crate) row: R,
 }
 
 #[tracing::instrument(skip_all, fields(kind = %O::KIND, messages = batch.messages.len()))]
@@ -503,7 +503,8 @@ async fn next_attempt<O: StoredObservation>(
         (query_id, must_check, previous)
     };
     let result = attempt_insert::<O>(
-        &context,
+        &context.database,
+        context.settings.clickhouse.timeout,
         &rows,
         must_check,
         previous.as_deref(),
@@ -519,15 +520,18 @@ async fn next_attempt<O: StoredObservation>(
     result
 }
 
-async fn attempt_insert<O: StoredObservation>(
-    context: &SinkContext,
+/// Writes the rows of `rows` whose sequence is not in the table yet (all of them when
+/// `must_check` is false: a first delivery above the watermark). Waits first for a previous
+/// attempt's INSERT that may still be running. Returns the sequences written.
+pub(crate) async fn attempt_insert<O: StoredObservation>(
+    database: &Database,
+    timeout: std::time::Duration,
     rows: &[PendingRow<O::Row>],
     must_check: bool,
     previous_query_id: Option<&str>,
     query_id: &str,
     batch_id: &str,
 ) -> Result<HashSet<u64>, DatabaseError> {
-    let database = &context.database;
     if let Some(previous) = previous_query_id {
         database.wait_until_finished(previous).await?;
     }
@@ -550,19 +554,14 @@ async fn attempt_insert<O: StoredObservation>(
         return Ok(missing_sequences);
     }
     database
-        .insert_rows::<O>(
-            &missing_rows,
-            query_id,
-            batch_id,
-            context.settings.clickhouse.timeout,
-        )
+        .insert_rows::<O>(&missing_rows, query_id, batch_id, timeout)
         .await?;
     Ok(missing_sequences)
 }
 
 /// Identity of a batch: stream, sequence range and a hash of its sequences. Used as the
 /// INSERT's query id prefix and as `insert_deduplication_token`.
-fn batch_identity<R>(kind: Kind, rows: &[PendingRow<R>]) -> String {
+pub(crate) fn batch_identity<R>(kind: Kind, rows: &[PendingRow<R>]) -> String {
     let mut digest = Sha256::new();
     for row in rows {
         digest.update(row.sequence.to_be_bytes());

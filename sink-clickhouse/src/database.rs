@@ -263,6 +263,35 @@ impl Database {
         Ok(sequences.into_iter().collect())
     }
 
+    /// The natural key of every row with a stream sequence in `first..=last`:
+    /// `(stream_seq, site or zone, observed_at as Unix seconds, source)`.
+    ///
+    /// # Errors
+    ///
+    /// A [`DatabaseError`] when the query fails.
+    pub async fn natural_keys<O: StoredObservation>(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(u64, String, u32, String)>, DatabaseError> {
+        self.client
+            .query(&format!(
+                "SELECT stream_seq, {}, toUnixTimestamp(observed_at), source FROM ? \
+                 WHERE stream_seq >= ? AND stream_seq <= ?",
+                O::SITE_COLUMN
+            ))
+            .bind(Identifier(O::TABLE))
+            .bind(first)
+            .bind(last)
+            .fetch_all::<(u64, String, u32, String)>()
+            .await
+            .map_err(|source| DatabaseError {
+                operation: "verification query",
+                target: format!("{}.{}", self.database, O::TABLE),
+                source,
+            })
+    }
+
     /// Waits until no query with `query_id` runs on the server any more.
     ///
     /// After an INSERT whose outcome is unknown (timeout, dropped connection) the server may

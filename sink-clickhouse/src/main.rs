@@ -5,12 +5,20 @@ use std::process::ExitCode;
 use clap::Parser;
 use sink_clickhouse::Cli;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // A Nomad dispatch passes optional meta it was not given as empty variables; they mean
+    // "unset". Done before any thread exists.
+    sink_clickhouse::replay::forget_empty_variables();
     let cli = Cli::parse();
     if let Err(error) = runtime::telemetry::init_tracing(&cli.log) {
         return runtime::exit_code(Err(error.into()));
     }
-    let shutdown = runtime::shutdown::shutdown_on_signals();
-    runtime::exit_code(sink_clickhouse::run(cli, shutdown).await)
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => return runtime::exit_code(Err(error.into())),
+    };
+    runtime.block_on(async {
+        let shutdown = runtime::shutdown::shutdown_on_signals();
+        runtime::exit_code(sink_clickhouse::run(cli, shutdown).await)
+    })
 }

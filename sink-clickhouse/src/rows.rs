@@ -22,6 +22,8 @@ pub trait StoredObservation: Observation + 'static {
         + 'static;
     /// Table name inside the target database.
     const TABLE: &'static str;
+    /// The column holding the site (or zone) of the natural key.
+    const SITE_COLUMN: &'static str;
     /// Converts a decoded event read at `stream_seq` into its row.
     fn to_row(event: Event<Self>, stream_seq: u64) -> Self::Row;
 }
@@ -128,6 +130,7 @@ pub struct CarbonRow {
 impl StoredObservation for WaveObservation {
     type Row = WaveRow;
     const TABLE: &'static str = "wave_observations";
+    const SITE_COLUMN: &'static str = "site";
 
     fn to_row(event: Event<Self>, stream_seq: u64) -> WaveRow {
         let observation = event.observation;
@@ -154,6 +157,7 @@ impl StoredObservation for WaveObservation {
 impl StoredObservation for WeatherObservation {
     type Row = WeatherRow;
     const TABLE: &'static str = "weather_observations";
+    const SITE_COLUMN: &'static str = "site";
 
     fn to_row(event: Event<Self>, stream_seq: u64) -> WeatherRow {
         let observation = event.observation;
@@ -180,6 +184,7 @@ impl StoredObservation for WeatherObservation {
 impl StoredObservation for CarbonIntensity {
     type Row = CarbonRow;
     const TABLE: &'static str = "carbon_intensity";
+    const SITE_COLUMN: &'static str = "zone";
 
     fn to_row(event: Event<Self>, stream_seq: u64) -> CarbonRow {
         let observation = event.observation;

@@ -12,6 +12,7 @@ mod dead_letters;
 mod delivery;
 mod faults;
 mod partitions;
+mod replay;
 
 use std::collections::HashMap;
 use std::io::Read;
