@@ -12,6 +12,10 @@ use crate::kind::Kind;
 use crate::observation::{Observation, ValidationError};
 use crate::SCHEMA_VERSION;
 
+/// Largest message accepted as an event. Valid events are far smaller (site ids are bounded
+/// by [`crate::observation::MAX_SITE_LEN`]); anything bigger is refused before parsing.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024;
+
 /// A normalized observation with its envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "O: Observation")]
@@ -56,6 +60,14 @@ pub enum DecodeError {
     /// A measurement is physically implausible.
     #[error("invalid observation")]
     Invalid(#[source] ValidationError),
+    /// Larger than any event this schema produces: not read at all.
+    #[error("{size} bytes is larger than the {limit}-byte limit of an event")]
+    TooLarge {
+        /// Size of the message.
+        size: usize,
+        /// [`MAX_EVENT_BYTES`].
+        limit: usize,
+    },
 }
 
 impl DecodeError {
@@ -66,6 +78,7 @@ impl DecodeError {
             DecodeError::UnsupportedSchemaVersion { .. } => "unsupported_schema_version",
             DecodeError::WrongKind { .. } => "wrong_kind",
             DecodeError::Invalid(_) => "out_of_range",
+            DecodeError::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -102,6 +115,12 @@ impl<O: Observation> Event<O> {
     ///
     /// Returns a [`DecodeError`] naming why the bytes are not a valid event of this kind.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_EVENT_BYTES {
+            return Err(DecodeError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_EVENT_BYTES,
+            });
+        }
         let event: Event<O> = match serde_json::from_slice(bytes) {
             Ok(event) => event,
             Err(error) => return Err(classify_undecodable(bytes, error)),
@@ -178,6 +197,28 @@ mod tests {
 
     fn ingested() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2025, 5, 5, 1, 31, 7).unwrap()
+    }
+
+    #[test]
+    fn oversized_messages_and_site_ids_are_refused() {
+        let huge = vec![b' '; MAX_EVENT_BYTES + 1];
+        let error = Event::<WaveObservation>::decode(&huge).unwrap_err();
+        assert_eq!(error.reason(), "too_large");
+        let mut long_site = wave(1.0);
+        long_site.site = "x".repeat(crate::observation::MAX_SITE_LEN + 1);
+        assert!(long_site.validate().is_err());
+        let mut control = wave(1.0);
+        control.site = "tathra\n".into();
+        assert!(control.validate().is_err());
+        // The largest valid event stays far below the limit.
+        let mut biggest = wave(1.0);
+        biggest.site = "x".repeat(crate::observation::MAX_SITE_LEN);
+        let encoded = Event::new("s".repeat(64), biggest, ingested()).encode();
+        assert!(
+            encoded.len() < MAX_EVENT_BYTES / 8,
+            "{} bytes",
+            encoded.len()
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod id;
 pub mod kind;
 pub mod observation;
 
-pub use event::{DecodeError, Event};
+pub use event::{DecodeError, Event, MAX_EVENT_BYTES};
 pub use id::{ContentHasher, EventId};
 pub use kind::Kind;
 pub use observation::{

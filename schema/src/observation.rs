@@ -60,6 +60,16 @@ pub enum ValidationError {
         /// JSON name of the field (`site` or `zone`).
         field: &'static str,
     },
+    /// The site or zone id is longer than [`MAX_SITE_LEN`] or holds control characters.
+    #[error(
+        "{field} is not a usable id ({length} bytes; at most {MAX_SITE_LEN} printable characters)"
+    )]
+    BadSite {
+        /// JSON name of the field (`site` or `zone`).
+        field: &'static str,
+        /// Its length in bytes.
+        length: usize,
+    },
 }
 
 /// One wave buoy reading (IMOS/AODN or a Pi buoy).
@@ -243,9 +253,19 @@ impl Observation for CarbonIntensity {
     }
 }
 
+/// Longest site or zone id, in bytes. It keeps every event small (about 1 KiB at most) and
+/// subjects and KV keys short.
+pub const MAX_SITE_LEN: usize = 128;
+
 fn require_site(field: &'static str, site: &str) -> Result<(), ValidationError> {
     if site.trim().is_empty() {
         return Err(ValidationError::EmptySite { field });
+    }
+    if site.len() > MAX_SITE_LEN || site.chars().any(char::is_control) {
+        return Err(ValidationError::BadSite {
+            field,
+            length: site.len(),
+        });
     }
     Ok(())
 }
