@@ -4,13 +4,17 @@
 //! `docker-compose config`, read as YAML for its invariants, and its commands and variables are checked against the
 //! `--help` of the binaries the workspace builds (`cargo build --workspace --bins` first).
 //!
-//! Layout: the tests, grouped by file; then the compose model (`Compose`, `Service`); then the `--help` reader behind
-//! the contract check; then small helpers.
+//! Layout: the tests, grouped by file; then the compose model (`Compose`, `Service`); then the contract check, whose
+//! `--help` reader is shared with the Nomad jobs' tests (`deploy_checks`, src/lib.rs); then small helpers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use deploy_checks::{
+    assert_mentions, assert_no_problems, command_contract_problems, flag_value, run_command,
+    HelpText, OUR_BINARIES,
+};
 use serde_norway::{Mapping, Value};
 
 /// The compose file, relative to the workspace root.
@@ -32,23 +36,6 @@ const SKELETON_SCRIPT: &str = "deploy/docker/cargo-skeleton.sh";
 
 /// The image every service of ours runs, built from [`DOCKERFILE`].
 const OUR_IMAGE: &str = "nomadwave-ingest:local";
-
-/// The binaries the image ships in `/usr/local/bin`; a service whose command starts with one of them is ours.
-const OUR_BINARIES: [&str; 5] = [
-    "sink-clickhouse",
-    "ingest-wave",
-    "ingest-wx",
-    "ingest-carbon",
-    "edge-sim",
-];
-
-/// Variables our services may set although no `--help` names them, because the Rust runtime reads them, not clap.
-///
-/// `RUST_LOG` is not here: it is the `--log-filter` flag's variable and so appears in `--help`.
-const RUNTIME_VARIABLES: [(&str, &str); 1] = [(
-    "RUST_BACKTRACE",
-    "read by the standard library when a thread panics",
-)];
 
 /// Services that may run without a health check, and why.
 ///
@@ -692,8 +679,7 @@ fn mosquitto_sends_the_bridge_as_many_messages_as_it_works_on() {
         &["bridge".to_string()],
     )
     .unwrap_or_else(|problem| panic!("{problem}"));
-    let bridge_in_flight: u32 = help
-        .setting_of(bridge, "--in-flight")
+    let bridge_in_flight: u32 = setting_of(&help, bridge, "--in-flight")
         .and_then(|value| value.parse().ok())
         .expect("the bridge's --in-flight has a numeric value or default");
     let settings = mosquitto_settings(&read_workspace_file(MOSQUITTO_CONFIG));
@@ -968,7 +954,7 @@ impl Service {
 /// - the subcommand exists (`BINARY SUBCOMMAND --help` succeeds);
 /// - every `--flag` of the command is listed by the subcommand's `--help`;
 /// - every variable of `environment:` appears as `[env: NAME=` (or `[env: NAME]` for hidden values) in the
-///   binary's or the subcommand's `--help`, unless it is one of [`RUNTIME_VARIABLES`];
+///   binary's or the subcommand's `--help`, unless it is one of [`deploy_checks::RUNTIME_VARIABLES`];
 /// - the whole command line parses, with each variable passed as its flag: this catches invalid values and a setting
 ///   given both as a flag and as a variable (clap refuses the flag twice; compose would silently let the flag win).
 fn contract_problems(compose: &Compose) -> Vec<String> {
@@ -994,221 +980,27 @@ fn service_contract_problems(service: &Service, binary: &str) -> Vec<String> {
         )];
     };
     let subcommand_flags = &command[2..];
-    let executable = test_support::target_bin(binary);
-    let binary_help = match HelpText::of(&executable, &[]) {
-        Ok(help) => help,
-        Err(problem) => return vec![problem],
-    };
-    let subcommand_help = match HelpText::of(&executable, std::slice::from_ref(subcommand)) {
-        Ok(help) => help,
-        Err(problem) => return vec![problem],
-    };
-
-    let mut problems = Vec::new();
-    for word in subcommand_flags {
-        let Some(flag) = flag_of_word(word) else {
-            continue;
-        };
-        if !subcommand_help.flags.contains(flag) {
-            problems.push(format!("`{flag}` is not a flag of `{binary} {subcommand}`"));
-        }
-    }
-
-    let mut binary_arguments = Vec::new();
-    let mut subcommand_arguments = Vec::new();
-    for (name, value) in service.environment() {
-        if RUNTIME_VARIABLES
-            .iter()
-            .any(|(allowed, _)| *allowed == name)
-        {
-            continue;
-        }
-        let (reader, arguments) = match (
-            subcommand_help.variables.get(&name),
-            binary_help.variables.get(&name),
-        ) {
-            (Some(reader), _) => (reader, &mut subcommand_arguments),
-            (None, Some(reader)) => (reader, &mut binary_arguments),
-            (None, None) => {
-                problems.push(format!(
-                    "`{name}` is read by neither `{binary} --help` nor `{binary} {subcommand} --help` (no `[env: {name}=`)"
-                ));
-                continue;
-            }
-        };
-        if let (Some(flag), Some(value)) = (reader, value) {
-            arguments.extend(flag.arguments_for(&value));
-        }
-    }
-
-    let mut argv = binary_arguments;
-    argv.push(subcommand.clone());
-    argv.extend(subcommand_flags.iter().cloned());
-    argv.extend(subcommand_arguments);
-    argv.push("--help".to_string());
-    let output = run_command(Command::new(&executable).args(&argv).env_clear());
-    if !output.status.success() {
-        problems.push(format!(
-            "`{binary} {}` (the command with its variables as flags) does not parse: {}",
-            argv.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    problems
+    command_contract_problems(
+        &test_support::target_bin(binary),
+        binary,
+        subcommand,
+        subcommand_flags,
+        &service.environment(),
+    )
 }
 
-/// What a `--help` output says about flags and variables.
-struct HelpText {
-    /// Every flag listed, long and short: `--nats-url`, `-h`.
-    flags: BTreeSet<String>,
-    /// Every `[env: NAME…]`, with the flag it belongs to (`None` for a positional argument).
-    variables: BTreeMap<String, Option<HelpFlag>>,
-    /// Every `[default: VALUE]` of a flag, by the flag's name.
-    defaults: BTreeMap<String, String>,
-}
-
-/// A flag as `--help` lists it.
-#[derive(Clone)]
-struct HelpFlag {
-    /// The long name (`--nats-url`), else the short one.
-    name: String,
-    takes_value: bool,
-}
-
-impl HelpFlag {
-    /// The words that pass `value` through this flag, as the variable would.
-    fn arguments_for(&self, value: &str) -> Vec<String> {
-        if self.takes_value {
-            return vec![format!("{}={value}", self.name)];
-        }
-        match value.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => vec![self.name.clone()],
-            _ => Vec::new(),
-        }
+/// The value `service` gives `flag`: in its command, else through the flag's variable, else the default.
+fn setting_of(help: &HelpText, service: &Service, flag: &str) -> Option<String> {
+    if let Some(value) = flag_value(&service.command_words(), flag) {
+        return Some(value);
     }
-}
-
-impl HelpText {
-    /// Runs `EXECUTABLE ARGS… --help` with an empty environment, so no variable of the test's own shows up as a value.
-    fn of(executable: &Path, args: &[String]) -> Result<HelpText, String> {
-        let output = run_command(
-            Command::new(executable)
-                .args(args)
-                .arg("--help")
-                .env_clear(),
-        );
-        let name = executable
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let shown = std::iter::once(name.as_str())
-            .chain(args.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(" ");
-        if !output.status.success() {
-            return Err(format!(
-                "`{shown} --help` failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(HelpText::parse(&String::from_utf8_lossy(&output.stdout)))
-    }
-
-    /// Reads clap's help layout: an argument starts on a line beginning with `-` (a flag) or `<` (a positional), and
-    /// its `[env: …]` follows on that line or on the description lines after it.
-    fn parse(text: &str) -> HelpText {
-        let mut flags = BTreeSet::new();
-        let mut variables = BTreeMap::new();
-        let mut defaults = BTreeMap::new();
-        let mut current: Option<HelpFlag> = None;
-        for line in text.lines() {
-            let trimmed = line.trim_start();
-            if is_flag_word(trimmed.split_whitespace().next().unwrap_or_default()) {
-                let mut names = Vec::new();
-                let mut takes_value = false;
-                for word in trimmed.split_whitespace() {
-                    if is_flag_word(word) {
-                        names.push(word.trim_end_matches(',').to_string());
-                    } else if word.starts_with('<') || word.starts_with("[<") {
-                        takes_value = true;
-                    } else {
-                        break;
-                    }
-                }
-                flags.extend(names.iter().cloned());
-                let name = names
-                    .iter()
-                    .find(|name| name.starts_with("--"))
-                    .or_else(|| names.first())
-                    .cloned()
-                    .unwrap_or_default();
-                current = Some(HelpFlag { name, takes_value });
-            } else if trimmed.starts_with('<') {
-                current = None;
-            }
-            let mut rest = line;
-            while let Some(start) = rest.find("[env: ") {
-                rest = &rest[start + "[env: ".len()..];
-                let variable: String = rest
-                    .chars()
-                    .take_while(|character| character.is_ascii_alphanumeric() || *character == '_')
-                    .collect();
-                variables.insert(variable, current.clone());
-            }
-            if let (Some(flag), Some(start)) = (&current, line.find("[default: ")) {
-                let value = &line[start + "[default: ".len()..];
-                let value = value.split_once(']').map_or(value, |(value, _)| value);
-                defaults.insert(flag.name.clone(), value.to_string());
-            }
-        }
-        HelpText {
-            flags,
-            variables,
-            defaults,
-        }
-    }
-
-    /// The value `service` gives `flag`: in its command, else through the flag's variable, else the default.
-    fn setting_of(&self, service: &Service, flag: &str) -> Option<String> {
-        if let Some(value) = flag_value(&service.command_words(), flag) {
-            return Some(value);
-        }
-        let environment = service.environment();
-        let from_variable = self
-            .variables
-            .iter()
-            .filter(|(_, reader)| reader.as_ref().is_some_and(|reader| reader.name == flag))
-            .find_map(|(name, _)| environment.get(name).cloned().flatten());
-        from_variable.or_else(|| self.defaults.get(flag).cloned())
-    }
-}
-
-/// Whether a word of `--help` names a flag (`-h,`, `--nats-url`), unlike a possible value's bullet (`- text:`).
-fn is_flag_word(word: &str) -> bool {
-    let name = word.trim_start_matches('-');
-    (1..=2).contains(&(word.len() - name.len()))
-        && name.starts_with(|character: char| character.is_ascii_alphanumeric())
-}
-
-/// The flag a command word sets: `--sites` of `--sites` or `--sites=a,b`; `None` for a value.
-fn flag_of_word(word: &str) -> Option<&str> {
-    if !word.starts_with('-') || word == "-" || word.parse::<f64>().is_ok() {
-        return None;
-    }
-    Some(word.split_once('=').map_or(word, |(flag, _)| flag))
-}
-
-/// The value given to `flag` in a command, as `--flag VALUE` or `--flag=VALUE`.
-fn flag_value(words: &[String], flag: &str) -> Option<String> {
-    words.iter().enumerate().find_map(|(word_idx, word)| {
-        if word == flag {
-            return words.get(word_idx + 1).cloned();
-        }
-        word.strip_prefix(flag)
-            .and_then(|rest| rest.strip_prefix('='))
-            .map(str::to_string)
-    })
+    let environment = service.environment();
+    let from_variable = help
+        .variables
+        .iter()
+        .filter(|(_, reader)| reader.as_ref().is_some_and(|reader| reader.name == flag))
+        .find_map(|(name, _)| environment.get(name).cloned().flatten());
+    from_variable.or_else(|| help.defaults.get(flag).cloned())
 }
 
 // --- helpers -------------------------------------------------------------------------------------------------------
@@ -1433,27 +1225,4 @@ fn run_docker_compose_config(compose_file: &Path) -> Output {
         ),
         Err(err) => panic!("cannot run docker-compose: {err}"),
     }
-}
-
-fn run_command(command: &mut Command) -> Output {
-    match command.output() {
-        Ok(output) => output,
-        Err(err) => panic!("cannot run {command:?}: {err}"),
-    }
-}
-
-fn assert_no_problems(what: &str, problems: &[String]) {
-    assert!(
-        problems.is_empty(),
-        "{what}: {} problem(s)\n  - {}",
-        problems.len(),
-        problems.join("\n  - ")
-    );
-}
-
-fn assert_mentions(problems: &[String], needle: &str) {
-    assert!(
-        problems.iter().any(|problem| problem.contains(needle)),
-        "expected a problem mentioning {needle:?}, got {problems:#?}"
-    );
 }

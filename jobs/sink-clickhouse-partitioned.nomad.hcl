@@ -1,0 +1,192 @@
+# sink-clickhouse run, scaled out: `partitions` allocations, each consuming one subject partition.
+#
+#   nomad job run -var image_repository=registry.example/nomadwave-ingest -var image_tag=0.1.0 \
+#     -var partitions=4 jobs/sink-clickhouse-partitioned.nomad.hcl
+#
+# The NATS servers must map each kind's subjects into the same number of partitions first
+# (`mappings` in nats-server.conf, for every kind):
+#   "nomadwave.wave.*": "nomadwave.wave.{{partition(4,1)}}.{{wildcard(1)}}"
+# Allocation N (NOMAD_ALLOC_INDEX, 0..partitions-1) consumes partition N with its own durable
+# consumer (sink-clickhouse-pN), so the watermark is kept per partition. An update's canary or a
+# replacement takes the index of the allocation it replaces and shares that consumer; the sink's
+# per-sequence redelivery check keeps every row single. Run this job or sink-clickhouse.nomad.hcl,
+# not both. Changing `partitions` needs the server mapping changed with it.
+# The ClickHouse password comes from Vault (KV v2) through a template; see README "Nomad".
+# deploy-checks/tests/jobs.rs checks this file against the binary's --help.
+
+variable "image_repository" {
+  type        = string
+  description = "Registry path of the image built from the repository's Dockerfile (no tag)."
+}
+
+variable "image_tag" {
+  type        = string
+  description = "Image tag to run: a release version or a commit, never `latest`."
+}
+
+variable "datacenters" {
+  type        = list(string)
+  description = "Datacenters the job may run in."
+  default     = ["dc1"]
+}
+
+variable "nats_url" {
+  type        = string
+  description = "NATS server URLs, comma-separated (NATS_URL)."
+  default     = "nats://nats.service.consul:4222"
+}
+
+variable "clickhouse_url" {
+  type        = string
+  description = "ClickHouse HTTP endpoint (CLICKHOUSE_URL)."
+  default     = "http://clickhouse.service.consul:8123"
+}
+
+variable "clickhouse_database" {
+  type        = string
+  description = "Database holding the event tables (CLICKHOUSE_DATABASE)."
+  default     = "nomadwave"
+}
+
+variable "clickhouse_user" {
+  type        = string
+  description = "ClickHouse user the sink writes as (CLICKHOUSE_USER)."
+  default     = "nomadwave_sink"
+}
+
+variable "clickhouse_password_secret" {
+  type        = string
+  description = "Vault KV v2 path whose `password` field is the ClickHouse password."
+  default     = "kv/data/nomadwave/clickhouse"
+}
+
+variable "partitions" {
+  type        = number
+  description = "Subject partitions, and so sink allocations; must equal the NATS server's mapping."
+  default     = 4
+}
+
+variable "vault_policies" {
+  type        = list(string)
+  description = "Vault policies granting read on clickhouse_password_secret."
+  default     = ["nomadwave-sink"]
+}
+
+job "sink-clickhouse-partitioned" {
+  type        = "service"
+  datacenters = var.datacenters
+
+  update {
+    max_parallel      = 1
+    canary            = 1
+    auto_promote      = true
+    auto_revert       = true
+    health_check      = "checks"
+    min_healthy_time  = "30s"
+    healthy_deadline  = "5m"
+    progress_deadline = "10m"
+  }
+
+  group "sink" {
+    # One allocation per partition: NOMAD_ALLOC_INDEX is the partition.
+    count = var.partitions
+
+    network {
+      port "http" {
+        to = 9464
+      }
+    }
+
+    restart {
+      attempts = 5
+      interval = "10m"
+      delay    = "15s"
+      mode     = "delay"
+    }
+
+    reschedule {
+      delay          = "30s"
+      delay_function = "exponential"
+      max_delay      = "10m"
+      unlimited      = true
+    }
+
+    service {
+      name     = "nomadwave-sink-clickhouse-partitioned"
+      provider = "consul"
+      port     = "http"
+      tags     = ["nomadwave", "prometheus.scrape=true", "prometheus.path=/metrics"]
+
+      check {
+        name     = "alive"
+        type     = "http"
+        path     = "/healthz"
+        interval = "10s"
+        timeout  = "3s"
+
+        check_restart {
+          limit = 3
+          grace = "60s"
+        }
+      }
+
+      # Fails while NATS is disconnected or ClickHouse inserts are failing.
+      check {
+        name     = "ready"
+        type     = "http"
+        path     = "/readyz"
+        interval = "10s"
+        timeout  = "3s"
+      }
+    }
+
+    task "sink" {
+      driver = "docker"
+
+      config {
+        image   = "${var.image_repository}:${var.image_tag}"
+        command = "sink-clickhouse"
+        args    = ["run", "--partitions", "${var.partitions}"]
+        ports   = ["http"]
+      }
+
+      vault {
+        policies    = var.vault_policies
+        change_mode = "restart"
+      }
+
+      template {
+        data        = <<-EOT
+          {{- with secret "${var.clickhouse_password_secret}" }}{{ .Data.data.password }}{{ end -}}
+        EOT
+        destination = "secrets/clickhouse_password"
+        change_mode = "restart"
+        perms       = "0400"
+        # The image runs as nomadwave (uid and gid 10001).
+        uid = 10001
+        gid = 10001
+      }
+
+      env {
+        NATS_URL                 = var.nats_url
+        CLICKHOUSE_URL           = var.clickhouse_url
+        CLICKHOUSE_DATABASE      = var.clickhouse_database
+        CLICKHOUSE_USER          = var.clickhouse_user
+        CLICKHOUSE_PASSWORD_FILE = "${NOMAD_SECRETS_DIR}/clickhouse_password"
+        SINK_PARTITION           = "${NOMAD_ALLOC_INDEX}"
+        HTTP_LISTEN              = "0.0.0.0:9464"
+        LOG_FORMAT               = "json"
+        RUST_BACKTRACE           = "1"
+      }
+
+      # Longer than the sink's drain timeout (SINK_DRAIN_TIMEOUT, 30s), so a stop lets the last
+      # batch be written and acked.
+      kill_timeout = "45s"
+
+      resources {
+        cpu    = 500
+        memory = 512
+      }
+    }
+  }
+}
