@@ -4,9 +4,11 @@
 //! - `install`: installs the Debian server packages and cargo-nextest when missing;
 //! - `testing`: builds every binary, then runs the workspace tests with nextest;
 //! - `services`: starts, stops and reports the local servers kept in `.data/services`;
+//! - `pipeline`: the whole pipeline on this machine with live progress, until Ctrl-C;
 //! - `shell`: running commands, as root or through sudo.
 
 mod install;
+mod pipeline;
 mod services;
 mod shell;
 mod testing;
@@ -34,10 +36,20 @@ enum Command {
         nextest_args: Vec<String>,
     },
     /// Start, stop or report the local nats-server, clickhouse-server and mosquitto.
+    ///
+    /// Their folders live in `.data/services/`, or `$NOMADWAVE_DATA_DIR/services/` when that is set.
     Services {
         #[command(subcommand)]
         action: services::Action,
     },
+    /// Run the whole pipeline locally, fed by the simulators, with live progress until Ctrl-C.
+    ///
+    /// Installs what is missing, builds, starts the servers that are not running yet, then runs the sink,
+    /// `edge-sim http` (simulated IMOS, BOM and Electricity Maps), the three pollers, the MQTT bridge and
+    /// `edge-sim mqtt` (20 buoys). Ctrl-C (or SIGTERM) stops them in order, then the servers this run started;
+    /// data and logs stay in `.data/` (or `$NOMADWAVE_DATA_DIR`) for inspection. The server port flags only
+    /// matter for servers that are not running yet; running ones are used as they are.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             services::run_action(action)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pipeline(args) => pipeline::run(&args),
     }
 }
 
@@ -87,6 +100,25 @@ mod tests {
     fn test_passes_hyphenated_arguments_without_separator() {
         let args = nextest_args(&["xtask", "test", "--retries", "2"]);
         assert_eq!(args, ["--retries", "2"]);
+    }
+
+    #[test]
+    fn pipeline_takes_server_and_process_port_flags() {
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "pipeline",
+            "--no-build",
+            "--nats-port",
+            "4300",
+            "--clickhouse-tcp-port",
+            "9100",
+            "--metrics-port",
+            "9500",
+            "--upstream-port",
+            "8100",
+        ])
+        .expect("valid command line");
+        assert!(matches!(cli.command, Command::Pipeline(_)));
     }
 
     #[test]

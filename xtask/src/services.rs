@@ -2,6 +2,7 @@
 //!
 //! Each server runs detached in its own process group, with its config, data and logs in `.data/services/<name>/`.
 //! `.data/services/<name>.pid` names the process and `.data/services/<name>.url` the URL it serves.
+//! `NOMADWAVE_DATA_DIR` moves `.data` elsewhere (the servers then live in `$NOMADWAVE_DATA_DIR/services/`).
 //! A pid only counts as ours while `/proc/<pid>/cmdline` names our config file, so a stale pid file never makes
 //! `down` signal an unrelated process.
 
@@ -39,6 +40,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many log lines a failed start shows.
 const FAILURE_LOG_LINES: usize = 40;
+/// Env var naming the data root that replaces `<workspace>/.data`; `pipeline` keeps its logs there too.
+pub const DATA_DIR_VAR: &str = "NOMADWAVE_DATA_DIR";
 /// Env var that stops newer ClickHouse releases from forking a watchdog, so our pid is the server's pid.
 const CLICKHOUSE_WATCHDOG_VAR: &str = "CLICKHOUSE_WATCHDOG_ENABLE";
 
@@ -56,23 +59,67 @@ pub enum Action {
 }
 
 /// Ports for `services up`; they only matter when a server is not running yet.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     /// NATS client port on 127.0.0.1.
     #[arg(long, default_value_t = DEFAULT_NATS_PORT)]
-    nats_port: u16,
+    pub nats_port: u16,
     /// MQTT port on 127.0.0.1.
     #[arg(long, default_value_t = DEFAULT_MQTT_PORT)]
-    mqtt_port: u16,
+    pub mqtt_port: u16,
     /// ClickHouse HTTP port on 127.0.0.1.
     #[arg(long, default_value_t = DEFAULT_CLICKHOUSE_HTTP_PORT)]
-    clickhouse_http_port: u16,
+    pub clickhouse_http_port: u16,
     /// ClickHouse native protocol port on 127.0.0.1, used by clickhouse-client.
     #[arg(long, default_value_t = DEFAULT_CLICKHOUSE_TCP_PORT)]
-    clickhouse_tcp_port: u16,
+    pub clickhouse_tcp_port: u16,
     /// ClickHouse interserver port on 127.0.0.1; unused, but always bound.
     #[arg(long, default_value_t = DEFAULT_CLICKHOUSE_INTERSERVER_PORT)]
-    clickhouse_interserver_port: u16,
+    pub clickhouse_interserver_port: u16,
+}
+
+impl UpArgs {
+    /// The flags that make `services up` use these ports, leaving out the defaults.
+    pub fn non_default_flags(&self) -> Vec<String> {
+        [
+            ("--nats-port", self.nats_port, DEFAULT_NATS_PORT),
+            ("--mqtt-port", self.mqtt_port, DEFAULT_MQTT_PORT),
+            (
+                "--clickhouse-http-port",
+                self.clickhouse_http_port,
+                DEFAULT_CLICKHOUSE_HTTP_PORT,
+            ),
+            (
+                "--clickhouse-tcp-port",
+                self.clickhouse_tcp_port,
+                DEFAULT_CLICKHOUSE_TCP_PORT,
+            ),
+            (
+                "--clickhouse-interserver-port",
+                self.clickhouse_interserver_port,
+                DEFAULT_CLICKHOUSE_INTERSERVER_PORT,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, port, default)| port != default)
+        .map(|(flag, port, _)| format!("{flag} {port}"))
+        .collect()
+    }
+}
+
+/// Where the three servers answer, whoever started them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `nats://127.0.0.1:<port>`.
+    pub nats_url: String,
+    /// `http://127.0.0.1:<port>`.
+    pub clickhouse_url: String,
+    /// `mqtt://127.0.0.1:<port>`.
+    pub mqtt_url: String,
+    /// The ClickHouse HTTP port, for queries.
+    pub clickhouse_http_port: u16,
+    /// The ClickHouse native port, for clickhouse-client.
+    pub clickhouse_tcp_port: u16,
 }
 
 /// Carries out `action`.
@@ -90,7 +137,7 @@ pub fn run_action(action: Action) -> anyhow::Result<()> {
 
 /// One of the three local servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Service {
+pub enum Service {
     Nats,
     ClickHouse,
     Mosquitto,
@@ -139,7 +186,8 @@ impl Readiness {
 }
 
 impl Service {
-    fn name(self) -> &'static str {
+    /// Short name, also the name of its folder, pid and url files.
+    pub fn name(self) -> &'static str {
         match self {
             Service::Nats => "nats",
             Service::ClickHouse => "clickhouse",
@@ -254,18 +302,80 @@ impl Service {
 }
 
 fn up(args: &UpArgs) -> anyhow::Result<()> {
+    let mut started = Vec::new();
+    up_services(args, &mut started)?;
     let mut exports = Vec::new();
     for service in SERVICES {
-        let name = service.name();
-        match running_pid(service)? {
-            Some(pid) => eprintln!("{name}: already running (pid {pid})"),
-            None => start_service(service, args)?,
-        }
         let url = read_file(&service.url_file())?;
         exports.push(format!("{}={}", service.url_var(), url.trim()));
     }
     println!("export {}", exports.join(" "));
     Ok(())
+}
+
+/// Starts every server that is not running yet, pushing each one it starts onto `started` as soon as it runs,
+/// so that the caller knows what to stop even when a later server fails to start.
+///
+/// A server that is already running is used as it is, on the ports it was started with.
+///
+/// # Errors
+///
+/// Fails when a server cannot be configured or started, or a state file cannot be read or written.
+pub fn up_services(args: &UpArgs, started: &mut Vec<Service>) -> anyhow::Result<Endpoints> {
+    for service in SERVICES {
+        let name = service.name();
+        match running_pid(service)? {
+            Some(pid) => {
+                let url = read_file(&service.url_file())?;
+                eprintln!(
+                    "{name}: already running (pid {pid}) at {}, using it as it is",
+                    url.trim()
+                );
+            }
+            None => {
+                start_service(service, args)?;
+                started.push(service);
+            }
+        }
+    }
+    endpoints()
+}
+
+/// Where the running servers answer, read from their url files and ClickHouse's config.
+fn endpoints() -> anyhow::Result<Endpoints> {
+    let url = |service: Service| -> anyhow::Result<String> {
+        Ok(read_file(&service.url_file())?.trim().to_owned())
+    };
+    let clickhouse_url = url(Service::ClickHouse)?;
+    let clickhouse_http_port = url_port(&clickhouse_url)
+        .with_context(|| format!("no port in the ClickHouse URL `{clickhouse_url}`"))?;
+    let config_path = Service::ClickHouse.config_path();
+    let clickhouse_tcp_port = xml_element(&read_file(&config_path)?, "tcp_port")
+        .and_then(|text| text.parse::<u16>().ok())
+        .with_context(|| format!("no <tcp_port> in {}", config_path.display()))?;
+    Ok(Endpoints {
+        nats_url: url(Service::Nats)?,
+        clickhouse_url,
+        mqtt_url: url(Service::Mosquitto)?,
+        clickhouse_http_port,
+        clickhouse_tcp_port,
+    })
+}
+
+/// The port of `scheme://host:port[/…]`.
+fn url_port(url: &str) -> Option<u16> {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme.split('/').next()?;
+    authority.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The text of the first `<name>…</name>` in `xml`.
+fn xml_element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&close)?;
+    Some(xml[start..start + len].trim())
 }
 
 fn start_service(service: Service, args: &UpArgs) -> anyhow::Result<()> {
@@ -357,21 +467,45 @@ fn wait_ready(child: &mut Child, readiness: &Readiness) -> anyhow::Result<()> {
 }
 
 fn down() -> anyhow::Result<()> {
+    stop_services(&SERVICES)
+}
+
+/// Stops `services` in reverse start order (whatever order they are given in), leaving their data in place.
+///
+/// # Errors
+///
+/// Fails when a server survives SIGKILL or a state file cannot be read or removed; the other servers are still
+/// stopped first.
+pub fn stop_services(services: &[Service]) -> anyhow::Result<()> {
+    let mut first_error = None;
     for service in SERVICES.iter().rev().copied() {
-        let name = service.name();
-        match running_pid(service)? {
-            Some(pid) => {
-                stop_process(service, pid)?;
-                eprintln!("{name}: stopped (pid {pid})");
-            }
-            None if service.pid_file().exists() => {
-                eprintln!("{name}: not running (removing stale pid file)")
-            }
-            None => eprintln!("{name}: not running"),
+        if !services.contains(&service) {
+            continue;
         }
-        remove_state_files(service)?;
+        if let Err(err) = stop_service(service) {
+            eprintln!("{}: {err:#}", service.name());
+            first_error.get_or_insert(err);
+        }
     }
-    Ok(())
+    match first_error {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+fn stop_service(service: Service) -> anyhow::Result<()> {
+    let name = service.name();
+    match running_pid(service)? {
+        Some(pid) => {
+            stop_process(service, pid)?;
+            eprintln!("{name}: stopped (pid {pid})");
+        }
+        None if service.pid_file().exists() => {
+            eprintln!("{name}: not running (removing stale pid file)")
+        }
+        None => eprintln!("{name}: not running"),
+    }
+    remove_state_files(service)
 }
 
 fn stop_process(service: Service, pid: u32) -> anyhow::Result<()> {
@@ -463,10 +597,21 @@ fn remove_state_files(service: Service) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn services_root() -> PathBuf {
-    test_support::workspace_root()
-        .join(".data")
-        .join("services")
+/// The data root: `$NOMADWAVE_DATA_DIR` (made absolute) or `<workspace>/.data`.
+pub fn data_root() -> PathBuf {
+    match std::env::var_os(DATA_DIR_VAR) {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            // Absolute, because servers run in their own folder and `down` recognises them by config path.
+            std::path::absolute(&dir).unwrap_or(dir)
+        }
+        _ => test_support::workspace_root().join(".data"),
+    }
+}
+
+/// Where the servers keep their folders and state files.
+pub fn services_root() -> PathBuf {
+    data_root().join("services")
 }
 
 fn read_file(path: &Path) -> anyhow::Result<String> {
@@ -475,4 +620,38 @@ fn read_file(path: &Path) -> anyhow::Result<String> {
 
 fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_port_reads_the_authority() {
+        assert_eq!(url_port("http://127.0.0.1:8123"), Some(8123));
+        assert_eq!(url_port("nats://127.0.0.1:4222/"), Some(4222));
+        assert_eq!(url_port("http://127.0.0.1"), None);
+    }
+
+    #[test]
+    fn xml_element_finds_the_first_value() {
+        let xml = "<yandex>\n    <http_port>18123</http_port>\n    <tcp_port> 19000 </tcp_port>\n</yandex>";
+        assert_eq!(xml_element(xml, "tcp_port"), Some("19000"));
+        assert_eq!(xml_element(xml, "mysql_port"), None);
+    }
+
+    #[test]
+    fn non_default_flags_lists_only_changed_ports() {
+        let args = UpArgs {
+            nats_port: 4300,
+            mqtt_port: DEFAULT_MQTT_PORT,
+            clickhouse_http_port: DEFAULT_CLICKHOUSE_HTTP_PORT,
+            clickhouse_tcp_port: 9100,
+            clickhouse_interserver_port: DEFAULT_CLICKHOUSE_INTERSERVER_PORT,
+        };
+        assert_eq!(
+            args.non_default_flags(),
+            ["--nats-port 4300", "--clickhouse-tcp-port 9100"]
+        );
+    }
 }

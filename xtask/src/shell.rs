@@ -48,9 +48,35 @@ pub fn run_checked(command: &mut Command) -> anyhow::Result<()> {
 }
 
 /// The cargo that runs xtask, so that tasks use the same toolchain.
+///
+/// `cargo run` (which `cargo xtask` is) hands xtask's own package variables down. ring's build
+/// script declares `rerun-if-env-changed` on some of them, so a build that inherited them would
+/// rebuild ring and everything above it, and the next plain `cargo build` would rebuild it all
+/// again; they are removed.
 pub fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    Command::new(cargo)
+    let mut command = Command::new(cargo);
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(is_cargo_run_var) {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Whether `cargo run` sets `key` for the program it runs (package metadata, not configuration).
+pub fn is_cargo_run_var(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "OUT_DIR"
+        )
 }
 
 fn render(command: &Command) -> String {
