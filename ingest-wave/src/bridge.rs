@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use bytes::Bytes;
 use chrono::Utc;
@@ -30,10 +29,10 @@ use clap::ValueEnum;
 use futures::stream::{FuturesOrdered, StreamExt as _};
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
 use runtime::mqtt::{MqttArgs, MqttSettings};
-use runtime::provision::{ensure_event_streams, StreamArgs};
+use runtime::provision::StreamArgs;
 use runtime::publish::{dead_letter, publish_with_id, Outgoing, Published};
 use runtime::retry::RetryError;
-use runtime::{ConfigError, Health, HttpArgs, NatsArgs, NatsSettings, RetryPolicy};
+use runtime::{ConfigError, HttpArgs, NatsArgs, NatsSettings, RetryPolicy};
 use schema::{Event as SchemaEvent, Kind, Observation};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
@@ -162,24 +161,17 @@ pub async fn run_bridge(args: &BridgeArgs, shutdown: CancellationToken) -> anyho
         )
         .into());
     }
-    let metrics = runtime::telemetry::install_metrics("ingest-wave-bridge")?;
-    let health = Health::default();
-    health.set_not_ready("mqtt", "not connected yet");
-    let http = runtime::http::serve(
+    let started = runtime::service::start_service(
+        "ingest-wave-bridge",
         args.http.http_listen,
-        metrics,
-        health.clone(),
-        shutdown.clone(),
+        &nats,
+        &args.streams.policy(),
+        &shutdown,
     )
     .await?;
-
-    let client = nats
-        .connect("ingest-wave-bridge")
-        .await
-        .with_context(|| format!("cannot reach NATS at {}", nats.display_urls()))?;
-    runtime::nats::report_connection(client.clone(), health.clone(), shutdown.clone());
-    let jetstream = jetstream::new(client.clone());
-    ensure_event_streams(&jetstream, &args.streams.policy()).await?;
+    let (health, http, client, jetstream) =
+        (started.health, started.http, started.client, started.jetstream);
+    health.set_not_ready("mqtt", "not connected yet");
 
     let mut options = mqtt.options(args.mqtt_client_id.trim());
     options.set_clean_session(false);

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use chrono::Utc;
 use feeds::{Parsed, PayloadError};
-use runtime::provision::{ensure_event_streams, ensure_kv};
+use runtime::provision::ensure_kv;
 use runtime::publish::{publish_with_id, Outgoing, Published};
 use runtime::retry::RetryError;
 use runtime::{ConfigError, Health, NatsSettings, RetryPolicy};
@@ -86,23 +86,16 @@ pub async fn run_service<F: Feed>(
         )
         .into());
     }
-    let metrics = runtime::telemetry::install_metrics(service)?;
-    let health = Health::default();
-    let http = runtime::http::serve(
+    let started = runtime::service::start_service(
+        service,
         args.http.http_listen,
-        metrics,
-        health.clone(),
-        shutdown.clone(),
+        &nats,
+        &args.streams.policy(),
+        &shutdown,
     )
     .await?;
-
-    let client = nats
-        .connect(service)
-        .await
-        .with_context(|| format!("cannot reach NATS at {}", nats.display_urls()))?;
-    runtime::nats::report_connection(client.clone(), health.clone(), shutdown.clone());
-    let jetstream = jetstream::new(client.clone());
-    ensure_event_streams(&jetstream, &args.streams.policy()).await?;
+    let (health, http, client, jetstream) =
+        (started.health, started.http, started.client, started.jetstream);
     let bucket = ensure_kv(&jetstream, &settings.cursor_bucket, 1).await?;
     let cursors = CursorStore::new(bucket, &settings.cursor_bucket, feed.name());
     let fetcher =

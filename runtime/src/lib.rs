@@ -7,6 +7,7 @@
 //! - [`http`]: one port per process serving `/metrics`, `/healthz` and `/readyz`;
 //! - [`mqtt`]: MQTT broker settings (URL, credentials, keep-alive) for the bridge and simulator;
 //! - [`telemetry`]: tracing in text or JSON, and the Prometheus recorder;
+//! - [`service`]: the start every long-running command shares (endpoint, NATS, streams);
 //! - [`shutdown`]: the process-wide cancellation token fired by SIGINT/SIGTERM;
 //! - [`retry`]: named `backon` retry policies and the loop that logs and counts each retry;
 //! - [`config`]: the configuration error type and the exit codes every `main` uses.
@@ -18,6 +19,7 @@ pub mod nats;
 pub mod provision;
 pub mod publish;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use runtime::provision::{ensure_event_streams, StreamArgs};
-use runtime::{Health, HttpArgs, LogArgs, NatsArgs};
+use runtime::provision::StreamArgs;
+use runtime::{HttpArgs, LogArgs, NatsArgs};
 use schema::{CarbonIntensity, Kind, WaveObservation, WeatherObservation};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -144,20 +144,16 @@ async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
 
 async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let settings = args.settings()?;
-    let metrics = runtime::telemetry::install_metrics("sink-clickhouse")?;
-    let health = Health::default();
-    let http = runtime::http::serve(
+    let started = runtime::service::start_service(
+        "sink-clickhouse",
         args.http.http_listen,
-        metrics,
-        health.clone(),
-        shutdown.clone(),
+        &settings.nats,
+        &settings.streams,
+        &shutdown,
     )
     .await?;
-
-    let client = settings.nats.connect("sink-clickhouse").await?;
-    runtime::nats::report_connection(client.clone(), health.clone(), shutdown.clone());
-    let jetstream = async_nats::jetstream::new(client.clone());
-    ensure_event_streams(&jetstream, &settings.streams).await?;
+    let (health, http, client, jetstream) =
+        (started.health, started.http, started.client, started.jetstream);
 
     let database = Database::connect(&settings.clickhouse)
         .await
