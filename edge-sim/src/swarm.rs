@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use runtime::mqtt::{MqttArgs, MqttSettings};
@@ -133,7 +132,7 @@ pub async fn run_swarm(
         eventloop,
         Arc::clone(&acked),
         stop_events.clone(),
-        settings.address(),
+        settings.clone(),
     ));
 
     let start = args.start.unwrap_or_else(|| {
@@ -156,7 +155,14 @@ pub async fn run_swarm(
             published = client.publish(topic(buoy), QoS::AtLeastOnce, false, payload(buoy, reading, start)) => published,
             () = shutdown.cancelled() => break,
         };
-        published.context("the MQTT client stopped")?;
+        if let Err(error) = published {
+            // The connection task gave up (the broker refused us): its reason is the error.
+            stop_events.cancel();
+            return Err(match events.await {
+                Ok(Some(refusal)) => anyhow::anyhow!(refusal),
+                _ => anyhow::Error::new(error).context("the MQTT client stopped"),
+            });
+        }
         sent += 1;
         if args.messages.is_none() && last_progress.elapsed() >= Duration::from_secs(10) {
             last_progress = Instant::now();
@@ -174,14 +180,17 @@ pub async fn run_swarm(
         Duration::from_secs(600)
     };
     let deadline = Instant::now() + wait_limit;
-    while acked.load(Ordering::SeqCst) < sent && Instant::now() < deadline {
+    while acked.load(Ordering::SeqCst) < sent && Instant::now() < deadline && !events.is_finished()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = began.elapsed();
     let _ = client.try_disconnect();
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop_events.cancel();
-    let _ = events.await;
+    if let Ok(Some(refusal)) = events.await {
+        anyhow::bail!(refusal);
+    }
     let report = SwarmReport {
         sent,
         acked: acked.load(Ordering::SeqCst),
@@ -200,16 +209,17 @@ pub async fn run_swarm(
 }
 
 /// Polls the client's event loop (it does the network I/O), counting PUBACKs and reconnecting
-/// after errors.
+/// after errors. Stops when the broker refuses the connection (credentials, certificates) and
+/// returns the one-line reason: a simulator run cannot succeed then.
 async fn drive_connection(
     mut eventloop: rumqttc::EventLoop,
     acked: Arc<AtomicU64>,
     stop: CancellationToken,
-    broker: String,
-) {
+    settings: MqttSettings,
+) -> Option<String> {
     loop {
         let event = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return None,
             event = eventloop.poll() => event,
         };
         match event {
@@ -218,9 +228,13 @@ async fn drive_connection(
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(%broker, %error, "broker connection lost; reconnecting");
+                let failure = settings.describe_failure(&error);
+                if failure.refused {
+                    return Some(failure.message);
+                }
+                tracing::warn!(error = %failure.message, "broker connection lost; reconnecting");
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => return None,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }

@@ -169,8 +169,12 @@ pub async fn run_bridge(args: &BridgeArgs, shutdown: CancellationToken) -> anyho
         &shutdown,
     )
     .await?;
-    let (health, http, client, jetstream) =
-        (started.health, started.http, started.client, started.jetstream);
+    let (health, http, client, jetstream) = (
+        started.health,
+        started.http,
+        started.client,
+        started.jetstream,
+    );
     health.set_not_ready("mqtt", "not connected yet");
 
     let mut options = mqtt.options(args.mqtt_client_id.trim());
@@ -248,14 +252,25 @@ pub async fn run_bridge(args: &BridgeArgs, shutdown: CancellationToken) -> anyho
             }
             Ok(_) => {}
             Err(error) => {
-                health.set_not_ready("mqtt", format!("{error}"));
+                // A refusal (credentials, certificates) is logged as an error and retried with
+                // a longer backoff: the bridge stays up but not ready until someone fixes the
+                // broker's or the bridge's configuration.
+                let failure = mqtt.describe_failure(&error);
+                health.set_not_ready("mqtt", failure.message.clone());
                 metrics::gauge!("nomadwave_bridge_mqtt_connected").set(0.0);
-                tracing::warn!(broker = %mqtt.address(), %error, delay_ms = reconnect_delay.as_millis() as u64, "broker connection lost; reconnecting");
+                let delay_ms = reconnect_delay.as_millis() as u64;
+                let max_delay = if failure.refused {
+                    tracing::error!(delay_ms, "{}; retrying", failure.message);
+                    Duration::from_secs(30)
+                } else {
+                    tracing::warn!(error = %failure.message, delay_ms, "broker connection lost; reconnecting");
+                    Duration::from_secs(10)
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(reconnect_delay) => {}
                 }
-                reconnect_delay = (reconnect_delay * 2).min(Duration::from_secs(10));
+                reconnect_delay = (reconnect_delay * 2).min(max_delay);
             }
         }
     }

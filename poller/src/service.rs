@@ -94,8 +94,12 @@ pub async fn run_service<F: Feed>(
         &shutdown,
     )
     .await?;
-    let (health, http, client, jetstream) =
-        (started.health, started.http, started.client, started.jetstream);
+    let (health, http, client, jetstream) = (
+        started.health,
+        started.http,
+        started.client,
+        started.jetstream,
+    );
     let bucket = ensure_kv(&jetstream, &settings.cursor_bucket, 1).await?;
     let cursors = CursorStore::new(bucket, &settings.cursor_bucket, feed.name());
     let fetcher =

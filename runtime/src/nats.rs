@@ -29,9 +29,12 @@ pub struct NatsArgs {
     /// Token for token authentication.
     #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
     pub nats_token: Option<Secret>,
-    /// Path of a `.creds` file (JWT + nkey seed) for decentralized authentication.
+    /// Path of a `.creds` file (JWT + nkey seed) for decentralized (operator mode) authentication.
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
+    /// Path of a file holding a user nkey seed (`SU…`), for servers that list `nkey` users.
+    #[arg(long, env = "NATS_NKEY_SEED_FILE")]
+    pub nats_nkey_seed_file: Option<PathBuf>,
     /// PEM file of CA certificates to verify the server with (turns TLS on).
     #[arg(long, env = "NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
@@ -59,9 +62,17 @@ pub struct NatsSettings {
 #[derive(Debug, Clone)]
 enum NatsAuth {
     None,
-    UserPassword { user: String, password: Secret },
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
     Token(Secret),
     CredsFile(PathBuf),
+    Nkey {
+        path: PathBuf,
+        seed: Secret,
+        public_key: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -71,31 +82,39 @@ struct NatsTls {
 }
 
 /// Why a NATS connection could not be made.
+///
+/// Every message is one line naming the servers, what failed and which flags to check; the
+/// client's own error text is included, never a secret.
 #[derive(Debug, Error)]
 pub enum NatsError {
     /// No server answered.
-    #[error("cannot reach NATS at {urls} (--nats-url/NATS_URL); is the server running and the address right?")]
+    #[error("cannot reach NATS at {urls} (--nats-url/NATS_URL): {detail}; is the server running and the address right?")]
     Unreachable {
         /// The configured URLs, without credentials.
         urls: String,
-        /// The client's error.
-        #[source]
-        source: async_nats::ConnectError,
+        /// The client's error, on one line.
+        detail: String,
     },
-    /// The server refused the credentials.
-    #[error("NATS at {urls} rejected the credentials (--nats-user/--nats-password, --nats-token or --nats-creds)")]
+    /// The server refused the credentials (or wants some and none were given).
+    #[error("NATS at {urls} rejected {who}: authorization violation; {hint}")]
     Unauthorized {
         /// The configured URLs.
         urls: String,
+        /// Which identity was refused: `user 'name'`, `the token`, `nkey U…`, `the creds file …`.
+        who: String,
+        /// What to check.
+        hint: &'static str,
     },
-    /// TLS could not be set up or the server certificate was refused.
-    #[error("TLS to NATS at {urls} failed (--nats-tls-ca, --nats-tls-cert, --nats-tls-key)")]
+    /// TLS could not be set up, the server certificate was not trusted, or the server refused
+    /// ours.
+    #[error("TLS to NATS at {urls} failed: {detail}; {hint}")]
     Tls {
         /// The configured URLs.
         urls: String,
-        /// The client's error.
-        #[source]
-        source: async_nats::ConnectError,
+        /// The TLS error, on one line.
+        detail: String,
+        /// What to check.
+        hint: &'static str,
     },
     /// The creds file could not be read.
     #[error("cannot read NATS creds file {path} (--nats-creds/NATS_CREDS)")]
@@ -152,40 +171,48 @@ impl NatsSettings {
             }
             servers.push(server);
         }
+        let chosen = [
+            args.nats_user.is_some() || args.nats_password.is_some(),
+            args.nats_token.is_some(),
+            args.nats_creds.is_some(),
+            args.nats_nkey_seed_file.is_some(),
+        ];
+        if chosen.iter().filter(|chosen| **chosen).count() > 1 {
+            return Err(ConfigError::new(
+                "--nats-user/--nats-token/--nats-creds/--nats-nkey-seed-file",
+                "choose one authentication method: user+password, token, creds file or nkey seed file",
+            ));
+        }
         let auth = match (
             &args.nats_user,
             &args.nats_password,
             &args.nats_token,
             &args.nats_creds,
+            &args.nats_nkey_seed_file,
         ) {
-            (None, None, None, None) => NatsAuth::None,
-            (Some(user), Some(password), None, None) => NatsAuth::UserPassword {
+            (Some(user), Some(password), ..) => NatsAuth::UserPassword {
                 user: user.clone(),
                 password: password.clone(),
             },
-            (Some(_), None, _, _) => {
+            (Some(_), None, ..) => {
                 return Err(ConfigError::new(
                     "--nats-password/NATS_PASSWORD",
                     "missing: --nats-user is set, so a password is required",
                 ))
             }
-            (None, Some(_), _, _) => {
+            (None, Some(_), ..) => {
                 return Err(ConfigError::new(
                     "--nats-user/NATS_USER",
                     "missing: a password is set, so a user is required",
                 ))
             }
-            (None, None, Some(token), None) => NatsAuth::Token(token.clone()),
-            (None, None, None, Some(path)) => {
+            (None, None, Some(token), ..) => NatsAuth::Token(token.clone()),
+            (None, None, None, Some(path), _) => {
                 require_file("--nats-creds/NATS_CREDS", path)?;
                 NatsAuth::CredsFile(path.clone())
             }
-            _ => {
-                return Err(ConfigError::new(
-                    "--nats-user/--nats-token/--nats-creds",
-                    "choose one authentication method: user+password, token or creds file",
-                ))
-            }
+            (None, None, None, None, Some(path)) => read_nkey_seed(path)?,
+            (None, None, None, None, None) => NatsAuth::None,
         };
         let client = match (&args.nats_tls_cert, &args.nats_tls_key) {
             (None, None) => None,
@@ -234,6 +261,7 @@ impl NatsSettings {
             nats_password: None,
             nats_token: None,
             nats_creds: None,
+            nats_nkey_seed_file: None,
             nats_tls_ca: None,
             nats_tls_cert: None,
             nats_tls_key: None,
@@ -268,6 +296,7 @@ impl NatsSettings {
                     path: path.clone(),
                     source,
                 })?,
+            NatsAuth::Nkey { seed, .. } => ConnectOptions::with_nkey(seed.expose().to_owned()),
         };
         if let Some(tls) = &self.tls {
             options = options.require_tls(true);
@@ -299,19 +328,186 @@ impl NatsSettings {
         .await;
         match result {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(source)) => Err(match source.kind() {
-                ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-                    NatsError::Unauthorized { urls }
-                }
-                ConnectErrorKind::Tls => NatsError::Tls { urls, source },
-                _ => NatsError::Unreachable { urls, source },
-            }),
+            Ok(Err(source)) => Err(self.classify(urls, &source)),
             Err(_elapsed) => Err(NatsError::Unreachable {
                 urls,
-                source: async_nats::ConnectError::new(ConnectErrorKind::TimedOut),
+                detail: format!(
+                    "no answer within {} (--nats-connect-timeout/NATS_CONNECT_TIMEOUT)",
+                    humantime::format_duration(self.connect_timeout)
+                ),
             }),
         }
     }
+
+    /// Turns the client's connect error into a one-line [`NatsError`] naming the cause.
+    ///
+    /// async-nats reports a failed TLS handshake (and the alert a server sends when it refuses
+    /// our certificate) as an I/O error, so the rustls error is looked for in the chain.
+    fn classify(&self, urls: String, error: &async_nats::ConnectError) -> NatsError {
+        match error.kind() {
+            ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                let (who, hint) = match &self.auth {
+                    NatsAuth::None => (
+                        "a connection without credentials".to_owned(),
+                        "the server requires authentication: give --nats-user/NATS_USER with NATS_PASSWORD, --nats-token/NATS_TOKEN, --nats-nkey-seed-file/NATS_NKEY_SEED_FILE or --nats-creds/NATS_CREDS",
+                    ),
+                    NatsAuth::UserPassword { user, .. } => (
+                        format!("user '{user}'"),
+                        "wrong password or unknown user: check --nats-user/NATS_USER and --nats-password/NATS_PASSWORD against the server's authorization block",
+                    ),
+                    NatsAuth::Token(_) => (
+                        "the token".to_owned(),
+                        "check --nats-token/NATS_TOKEN against the server's authorization token",
+                    ),
+                    NatsAuth::CredsFile(path) => (
+                        format!("the credentials in {}", path.display()),
+                        "the user is unknown to the server's accounts, revoked or expired: check --nats-creds/NATS_CREDS",
+                    ),
+                    NatsAuth::Nkey { path, public_key, .. } => (
+                        format!("nkey {public_key} (seed from {})", path.display()),
+                        "the server lists no user with this public key: check --nats-nkey-seed-file/NATS_NKEY_SEED_FILE against the server's nkey users",
+                    ),
+                };
+                NatsError::Unauthorized { urls, who, hint }
+            }
+            kind => match tls_failure(
+                error,
+                self.tls.as_ref().is_some_and(|tls| tls.client.is_some()),
+            ) {
+                Some(tls) => NatsError::Tls {
+                    urls,
+                    detail: tls.detail,
+                    hint: tls.hint,
+                },
+                None if kind == ConnectErrorKind::Tls => NatsError::Tls {
+                    urls,
+                    detail: one_line(&error.to_string()),
+                    hint: TLS_SETUP_HINT,
+                },
+                None => NatsError::Unreachable {
+                    urls,
+                    detail: one_line(&error.to_string()),
+                },
+            },
+        }
+    }
+}
+
+const TLS_SETUP_HINT: &str = "check --nats-tls-ca/NATS_TLS_CA, --nats-tls-cert/NATS_TLS_CERT and --nats-tls-key/NATS_TLS_KEY (PEM files) and that the server has TLS on";
+
+struct TlsFailure {
+    detail: String,
+    hint: &'static str,
+}
+
+/// Finds a rustls error in `error`'s chain (directly or inside an `io::Error`) and explains it.
+///
+/// Servers answer a missing client certificate with different alerts (Go's TLS sends
+/// `BadCertificate`, OpenSSL `CertificateRequired`), so `has_client_cert` decides between
+/// "requires one" and "refused ours".
+fn tls_failure(
+    error: &(dyn std::error::Error + 'static),
+    has_client_cert: bool,
+) -> Option<TlsFailure> {
+    use async_nats::rustls::{AlertDescription, CertificateError, Error as RustlsError};
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = current {
+        let rustls = cause.downcast_ref::<RustlsError>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<RustlsError>())
+        });
+        if let Some(rustls) = rustls {
+            let hint = match rustls {
+                RustlsError::InvalidCertificate(CertificateError::UnknownIssuer)
+                | RustlsError::InvalidCertificate(CertificateError::BadSignature) => {
+                    "the server's certificate is not signed by a CA in --nats-tls-ca/NATS_TLS_CA: give the CA that issued it"
+                }
+                RustlsError::InvalidCertificate(CertificateError::NotValidForName) => {
+                    "the server's certificate does not name the host of --nats-url/NATS_URL: connect by a name or IP address the certificate lists"
+                }
+                RustlsError::InvalidCertificate(_) => {
+                    "the server's certificate was refused: check it and --nats-tls-ca/NATS_TLS_CA"
+                }
+                RustlsError::AlertReceived(
+                    AlertDescription::CertificateRequired
+                    | AlertDescription::HandshakeFailure
+                    | AlertDescription::BadCertificate
+                    | AlertDescription::UnknownCA,
+                ) if !has_client_cert => {
+                    "the server requires a client certificate: give --nats-tls-cert/NATS_TLS_CERT and --nats-tls-key/NATS_TLS_KEY"
+                }
+                RustlsError::AlertReceived(
+                    AlertDescription::BadCertificate
+                    | AlertDescription::UnknownCA
+                    | AlertDescription::CertificateUnknown,
+                ) => {
+                    "the server refused our client certificate: --nats-tls-cert/NATS_TLS_CERT must be signed by a CA the server trusts"
+                }
+                _ => TLS_SETUP_HINT,
+            };
+            return Some(TlsFailure {
+                detail: one_line(&rustls.to_string()),
+                hint,
+            });
+        }
+        current = cause.source();
+    }
+    None
+}
+
+/// Collapses line breaks so an error stays on one log line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Reads and checks an nkey seed file; the seed itself never appears in an error.
+fn read_nkey_seed(path: &std::path::Path) -> Result<NatsAuth, ConfigError> {
+    const SETTING: &str = "--nats-nkey-seed-file/NATS_NKEY_SEED_FILE";
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::new(SETTING, format!("cannot read {}: {error}", path.display()))
+    })?;
+    if text.contains("NATS USER JWT") {
+        return Err(ConfigError::new(
+            SETTING,
+            format!(
+                "{} is a .creds file (JWT + seed); give it with --nats-creds/NATS_CREDS instead",
+                path.display()
+            ),
+        ));
+    }
+    let seed = text.trim();
+    if seed.is_empty() {
+        return Err(ConfigError::new(
+            SETTING,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    let key_pair = nkeys::KeyPair::from_seed(seed).map_err(|_| {
+        ConfigError::new(
+            SETTING,
+            format!(
+                "{} does not hold an nkey seed (one line starting with SU, as `nsc` or `nk -gen user` write)",
+                path.display()
+            ),
+        )
+    })?;
+    if !seed.starts_with("SU") {
+        return Err(ConfigError::new(
+            SETTING,
+            format!(
+                "{} holds a seed of another kind (key {}…); a user seed starts with SU",
+                path.display(),
+                key_pair.public_key().chars().take(1).collect::<String>()
+            ),
+        ));
+    }
+    Ok(NatsAuth::Nkey {
+        path: path.to_owned(),
+        seed: Secret::new(seed),
+        public_key: key_pair.public_key(),
+    })
 }
 
 fn require_file(setting: &'static str, path: &std::path::Path) -> Result<(), ConfigError> {
@@ -355,6 +551,7 @@ mod tests {
             nats_password: None,
             nats_token: None,
             nats_creds: None,
+            nats_nkey_seed_file: None,
             nats_tls_ca: None,
             nats_tls_cert: None,
             nats_tls_key: None,
@@ -391,7 +588,10 @@ mod tests {
         let mut two_methods = args(&["nats://a:1"]);
         two_methods.nats_token = Some(Secret::new("t"));
         two_methods.nats_creds = Some("/nonexistent".into());
-        check_rejected(two_methods, "--nats-user/--nats-token/--nats-creds");
+        check_rejected(
+            two_methods,
+            "--nats-user/--nats-token/--nats-creds/--nats-nkey-seed-file",
+        );
 
         let mut missing_creds = args(&["nats://a:1"]);
         missing_creds.nats_creds = Some("/nonexistent.creds".into());
@@ -400,5 +600,89 @@ mod tests {
         let mut cert_only = args(&["nats://a:1"]);
         cert_only.nats_tls_cert = Some("/etc/hostname".into());
         check_rejected(cert_only, "--nats-tls-key/NATS_TLS_KEY");
+    }
+
+    #[test]
+    fn reads_nkey_seed_files_without_echoing_them() {
+        let folder = tempfile::tempdir().unwrap();
+        let user = nkeys::KeyPair::new_user();
+        let seed = user.seed().unwrap();
+        let path = folder.path().join("user.nk");
+        std::fs::write(&path, format!("{seed}\n")).unwrap();
+        let mut with_seed = args(&["nats://a:1"]);
+        with_seed.nats_nkey_seed_file = Some(path.clone());
+        let settings = NatsSettings::from_args(&with_seed).unwrap();
+        match &settings.auth {
+            NatsAuth::Nkey { public_key, .. } => assert_eq!(public_key, &user.public_key()),
+            other => panic!("expected nkey auth, got {other:?}"),
+        }
+        assert!(!format!("{settings:?}").contains(&seed));
+
+        let account_seed = nkeys::KeyPair::new_account().seed().unwrap();
+        for (content, expected) in [
+            ("".to_owned(), "is empty"),
+            ("not a seed".to_owned(), "does not hold an nkey seed"),
+            (account_seed.clone(), "a user seed starts with SU"),
+            (
+                "-----BEGIN NATS USER JWT-----\nxyz\n".to_owned(),
+                "--nats-creds",
+            ),
+        ] {
+            std::fs::write(&path, &content).unwrap();
+            let error = NatsSettings::from_args(&with_seed).unwrap_err();
+            assert_eq!(error.setting, "--nats-nkey-seed-file/NATS_NKEY_SEED_FILE");
+            assert!(error.problem.contains(expected), "{error}");
+            assert!(!error.to_string().contains(&account_seed), "{error}");
+        }
+    }
+
+    #[test]
+    fn finds_tls_errors_inside_io_errors() {
+        use async_nats::rustls::{AlertDescription, CertificateError, Error as RustlsError};
+        let wrapped = |error: RustlsError| {
+            async_nats::ConnectError::with_source(
+                ConnectErrorKind::Io,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+            )
+        };
+        let untrusted = tls_failure(
+            &wrapped(RustlsError::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+            false,
+        )
+        .expect("a TLS failure");
+        assert!(
+            untrusted.hint.contains("--nats-tls-ca"),
+            "{}",
+            untrusted.hint
+        );
+        let no_client_cert = tls_failure(
+            &wrapped(RustlsError::AlertReceived(AlertDescription::BadCertificate)),
+            false,
+        )
+        .expect("a TLS failure");
+        assert!(
+            no_client_cert
+                .hint
+                .contains("requires a client certificate"),
+            "{}",
+            no_client_cert.hint
+        );
+        let refused = async_nats::ConnectError::with_source(
+            ConnectErrorKind::Io,
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        );
+        let refused_cert = tls_failure(
+            &wrapped(RustlsError::AlertReceived(AlertDescription::BadCertificate)),
+            true,
+        )
+        .expect("a TLS failure");
+        assert!(
+            refused_cert.hint.contains("refused our client certificate"),
+            "{}",
+            refused_cert.hint
+        );
+        assert!(tls_failure(&refused, false).is_none());
     }
 }

@@ -35,15 +35,9 @@ pub enum StartError {
     /// The endpoint address could not be bound.
     #[error(transparent)]
     Http(#[from] HttpError),
-    /// NATS could not be reached.
-    #[error("cannot reach NATS at {urls}")]
-    Nats {
-        /// The configured URLs.
-        urls: String,
-        /// What failed.
-        #[source]
-        source: NatsError,
-    },
+    /// NATS could not be reached or refused the connection (the error names the server).
+    #[error(transparent)]
+    Nats(#[from] NatsError),
     /// The event streams could not be declared.
     #[error(transparent)]
     Provision(#[from] ProvisionError),
@@ -66,13 +60,7 @@ pub async fn start_service(
     let metrics = crate::telemetry::install_metrics(service)?;
     let health = Health::default();
     let http = crate::http::serve(listen, metrics, health.clone(), shutdown.clone()).await?;
-    let client = nats
-        .connect(service)
-        .await
-        .map_err(|source| StartError::Nats {
-            urls: nats.display_urls().to_owned(),
-            source,
-        })?;
+    let client = nats.connect(service).await?;
     crate::nats::report_connection(client.clone(), health.clone(), shutdown.clone());
     let jetstream = jetstream::new(client.clone());
     ensure_event_streams(&jetstream, streams).await?;

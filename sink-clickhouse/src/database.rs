@@ -57,8 +57,11 @@ impl fmt::Display for ServerVersion {
 }
 
 /// A failed ClickHouse operation, with what was attempted.
+///
+/// When the server refused the credentials the message says so and names the flags to check
+/// (the server's own text, which follows, names the user).
 #[derive(Debug, Error)]
-#[error("clickhouse {operation} on {target} failed")]
+#[error("clickhouse {operation} on {target} failed{}", authentication_note(.source))]
 pub struct DatabaseError {
     /// What was attempted: `insert`, `redelivery check`, `migrate`, `version query`.
     pub operation: &'static str,
@@ -78,6 +81,23 @@ impl DatabaseError {
     /// ClickHouse's numeric error code, when the server sent one.
     pub fn code(&self) -> Option<u32> {
         server_error_code(&self.source)
+    }
+}
+
+/// Server codes of refused credentials: UNKNOWN_USER (192), WRONG_PASSWORD (193) and
+/// REQUIRED_PASSWORD (194) up to 20.x, AUTHENTICATION_FAILED (516) since, which covers all three.
+const AUTHENTICATION_CODES: &[u32] = &[192, 193, 194, 516];
+
+/// Whether the server refused the user or password (never fixed by a retry).
+pub fn is_authentication_failure(error: &clickhouse::error::Error) -> bool {
+    server_error_code(error).is_some_and(|code| AUTHENTICATION_CODES.contains(&code))
+}
+
+fn authentication_note(error: &clickhouse::error::Error) -> &'static str {
+    if is_authentication_failure(error) {
+        ": authentication failed (wrong password or unknown user; check --clickhouse-user/CLICKHOUSE_USER and --clickhouse-password/CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE)"
+    } else {
+        ""
     }
 }
 
@@ -140,7 +160,7 @@ impl Database {
         }
         let version_error = |source| DatabaseError {
             operation: "version query",
-            target: settings.url.clone(),
+            target: format!("{} as user '{}'", settings.url, settings.user),
             source,
         };
         let version_text: String = tokio::time::timeout(
@@ -379,6 +399,30 @@ mod tests {
     }
 
     #[test]
+    fn authentication_failures_say_so() {
+        let error = DatabaseError {
+            operation: "version query",
+            target: "http://ch:8123 as user 'writer'".into(),
+            source: clickhouse::error::Error::BadResponse(
+                "Code: 193, e.displayText() = DB::Exception: Wrong password for user writer".into(),
+            ),
+        };
+        assert_eq!(error.class(), ErrorClass::Permanent);
+        assert!(
+            error.to_string().starts_with(
+                "clickhouse version query on http://ch:8123 as user 'writer' failed: authentication failed"
+            ),
+            "{error}"
+        );
+        let other = DatabaseError {
+            operation: "insert",
+            target: "db.t".into(),
+            source: clickhouse::error::Error::BadResponse("Code: 60. Table x doesn't exist".into()),
+        };
+        assert_eq!(other.to_string(), "clickhouse insert on db.t failed");
+    }
+
+    #[test]
     fn classifies_server_codes() {
         let check = |text: &str, class: ErrorClass| {
             let error = clickhouse::error::Error::BadResponse(text.into());
@@ -399,6 +443,14 @@ mod tests {
         check(
             "Code: 241. DB::Exception: Memory limit exceeded",
             ErrorClass::Transient,
+        );
+        check(
+            "Code: 192, e.displayText() = DB::Exception: Unknown user nobody",
+            ErrorClass::Permanent,
+        );
+        check(
+            "Code: 516. DB::Exception: writer: Authentication failed: password is incorrect, or there is no user with such name.",
+            ErrorClass::Permanent,
         );
         check("no code at all", ErrorClass::Transient);
         assert_eq!(

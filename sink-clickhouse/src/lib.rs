@@ -136,7 +136,7 @@ async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
     let settings = ClickHouseSettings::from_args(&args.clickhouse)?;
     let database = Database::connect(&settings)
         .await
-        .with_context(|| format!("cannot reach ClickHouse at {} (--clickhouse-url/CLICKHOUSE_URL, --clickhouse-user, CLICKHOUSE_PASSWORD)", settings.url))?;
+        .with_context(|| format!("ClickHouse at {} (--clickhouse-url/CLICKHOUSE_URL, --clickhouse-user, CLICKHOUSE_PASSWORD)", settings.url))?;
     database.migrate().await?;
     tracing::info!(database = database.name(), version = %database.version(), "migrations applied");
     Ok(())
@@ -152,12 +152,16 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
         &shutdown,
     )
     .await?;
-    let (health, http, client, jetstream) =
-        (started.health, started.http, started.client, started.jetstream);
+    let (health, http, client, jetstream) = (
+        started.health,
+        started.http,
+        started.client,
+        started.jetstream,
+    );
 
     let database = Database::connect(&settings.clickhouse)
         .await
-        .with_context(|| format!("cannot reach ClickHouse at {} (--clickhouse-url/CLICKHOUSE_URL, --clickhouse-user, CLICKHOUSE_PASSWORD)", settings.clickhouse.url))?;
+        .with_context(|| format!("ClickHouse at {} (--clickhouse-url/CLICKHOUSE_URL, --clickhouse-user, CLICKHOUSE_PASSWORD)", settings.clickhouse.url))?;
     database.migrate().await?;
     health.set_ready("clickhouse");
 

@@ -247,12 +247,9 @@ async fn replay_kind<O: StoredObservation>(
     let kind = O::KIND;
     let database = Database::connect(clickhouse)
         .await
-        .with_context(|| format!("cannot reach ClickHouse at {}", clickhouse.url))?;
+        .with_context(|| format!("ClickHouse at {}", clickhouse.url))?;
     database.migrate().await?;
-    let client = nats
-        .connect("sink-clickhouse-replay")
-        .await
-        .with_context(|| format!("cannot reach NATS at {}", nats.display_urls()))?;
+    let client = nats.connect("sink-clickhouse-replay").await?;
     let jetstream = jetstream::new(client.clone());
     let mut stream = jetstream
         .get_stream(kind.stream_name())

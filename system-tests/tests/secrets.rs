@@ -250,7 +250,7 @@ fn no_secret_appears_in_any_output() {
     assert!(
         wait_until(Duration::from_secs(30), || wrong_mqtt
             .log_text()
-            .contains("connection lost")),
+            .contains("refused user 'bridge'")),
         "{}",
         wrong_mqtt.log_text()
     );

@@ -38,6 +38,23 @@ pub use configs::ClickHousePorts;
 pub use mosquitto::MosquittoServer;
 pub use nats::NatsServer;
 
+/// A folder `<workspace>/.data/test/<name>-<random hex>` for files a test writes before it
+/// starts a server (certificates, keys, credentials), removed on drop unless
+/// `NOMADWAVE_KEEP_TEST_DATA` is set.
+pub struct ScratchDir(process::DataDir);
+
+impl ScratchDir {
+    /// Creates the folder, panicking with its path when that fails.
+    pub fn create(name: &str) -> ScratchDir {
+        ScratchDir(process::DataDir::create(name))
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// Another process may take it before the caller binds it; the servers here retry on fresh ports when that happens.
