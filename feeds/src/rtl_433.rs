@@ -162,6 +162,11 @@ fn device_site(event: &Map<String, Value>) -> Result<String, String> {
     Ok(format!("rtl433-{model}-{id}{channel}"))
 }
 
+/// The event's time under `rule`.
+///
+/// A number (or numeric text) is Unix seconds, but only when finite: `f64::from_str` also reads
+/// `"NaN"` and `"inf"`, and NaN used to cast to 0, so `"time":"NaN"` became 1970-01-01
+/// (input `feeds/tests/fuzz-regressions/rtl_433_parse-nan-time`).
 fn event_time(event: &Map<String, Value>, rule: TimeRule) -> Result<DateTime<Utc>, String> {
     if let TimeRule::Receive(at) = rule {
         return Ok(at);
@@ -177,7 +182,11 @@ fn event_time(event: &Map<String, Value>, rule: TimeRule) -> Result<DateTime<Utc
             "time {text:?} is an offset into a recorded file (rtl_433 playback), not a wall-clock time"
         ));
     }
-    if let Ok(seconds) = text.parse::<f64>() {
+    if let Some(seconds) = text
+        .parse::<f64>()
+        .ok()
+        .filter(|seconds| seconds.is_finite())
+    {
         return DateTime::from_timestamp_millis((seconds * 1000.0).round() as i64)
             .ok_or_else(|| format!("time {text:?} is not a plausible Unix time"));
     }
