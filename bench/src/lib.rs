@@ -1,0 +1,735 @@
+//! `bench`: measures `sink-clickhouse` and `ingest-wave bridge` against the machine's own
+//! limits, in one run, on the same machine and the same events.
+//!
+//! Phases (each on servers from `test-support`, on free loopback ports):
+//! 1. raw JetStream consume of a pre-filled `WAVE` stream by a pull consumer;
+//! 2. raw ClickHouse insert of the same events as the sink's own rows;
+//! 3. the sink (release binary, defaults) draining the same stream;
+//! 4. the sink's peak RSS after that drain and after a larger one;
+//! 5. publish → visible latency at a steady rate while the sink runs;
+//! 6. the bridge against mosquitto's delivery rate to a plain QoS 1 subscriber.
+//!
+//! Layout: [`stream`] (JetStream fill and raw consume), [`warehouse`] (ClickHouse raw insert
+//! and polling), [`sink`] (sink drain and latency), [`mqtt`] (broker and bridge), [`procs`]
+//! (child processes, `/proc` memory and CPU), [`machine`], [`report`].
+//! Not part of the test command: run it with `cargo run --release -p bench`.
+
+pub mod machine;
+pub mod mqtt;
+pub mod procs;
+pub mod report;
+pub mod sink;
+pub mod stream;
+pub mod warehouse;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+use runtime::provision::{ensure_event_streams, StreamPolicy};
+use runtime::LogArgs;
+use test_support::{ClickHouseServer, MosquittoServer, NatsServer};
+
+use crate::procs::{Program, Watched};
+use crate::report::Results;
+use crate::stream::AckMode;
+
+/// Command line of `bench`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Benchmarks sink-clickhouse and the MQTT bridge against raw JetStream, ClickHouse and mosquitto rates measured in the same run"
+)]
+pub struct Cli {
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Events for the raw consume, raw insert and sink phases, and the first memory point
+    /// [default: 1000000; --quick 100000].
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Events in the stream for the second memory point (0 skips it) [default: 5000000;
+    /// --quick 300000].
+    #[arg(long)]
+    pub rss_events: Option<u64>,
+    /// Messages for the bridge phase [default: 200000; --quick 20000].
+    #[arg(long)]
+    pub bridge_messages: Option<u64>,
+    /// Events per second in the latency phase.
+    #[arg(long, default_value_t = 500.0)]
+    pub latency_rate: f64,
+    /// Length of the latency phase [default: 20s; --quick 5s].
+    #[arg(long, value_parser = runtime::parse_duration)]
+    pub latency_duration: Option<Duration>,
+    /// Messages per pull request of the raw consumers.
+    #[arg(long, default_value_t = 5_000)]
+    pub pull_batch: usize,
+    /// Rows per INSERT of the raw insert (the sink's default --batch-rows).
+    #[arg(long, default_value_t = sink_clickhouse::config::DEFAULT_BATCH_ROWS)]
+    pub insert_batch: usize,
+    /// A short run (the defaults above marked --quick); writes no report unless --report is given.
+    #[arg(long)]
+    pub quick: bool,
+    /// Phases to leave out, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub skip: Vec<Phase>,
+    /// File the run's results are added to [default: BENCHMARKS.md in the workspace root,
+    /// except with --quick].
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write no report file.
+    #[arg(long, conflicts_with = "report")]
+    pub no_report: bool,
+    /// Use the release binaries as they are instead of building them first.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Diagnosis only: extra environment of `sink-clickhouse run`, KEY=VALUE (repeatable),
+    /// e.g. SINK_MAX_ACK_PENDING=300000. The command line in the report shows it.
+    #[arg(long, value_parser = key_value)]
+    pub sink_env: Vec<(String, String)>,
+    /// Diagnosis only: extra environment of `ingest-wave bridge`, KEY=VALUE (repeatable).
+    #[arg(long, value_parser = key_value)]
+    pub bridge_env: Vec<(String, String)>,
+    /// Diagnosis only: run the sink under this command, e.g.
+    /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/sink.callgrind".
+    #[arg(long)]
+    pub sink_wrapper: Option<String>,
+    /// Diagnosis only: run the bridge under this command.
+    #[arg(long)]
+    pub bridge_wrapper: Option<String>,
+    /// Diagnosis only: another sink-clickhouse binary (an experimental build) instead of
+    /// target/release/sink-clickhouse.
+    #[arg(long)]
+    pub sink_binary: Option<PathBuf>,
+    /// Diagnosis only: another ingest-wave binary instead of target/release/ingest-wave.
+    #[arg(long)]
+    pub bridge_binary: Option<PathBuf>,
+    /// Diagnosis only: mosquitto's max_inflight_messages (deploy/mosquitto/mosquitto.conf has
+    /// 256, as the measured configuration).
+    #[arg(long, default_value_t = 256)]
+    pub mosquitto_inflight: u32,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// Phases that can be skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    /// Raw consume and raw insert.
+    Raw,
+    /// The sink drains (throughput and memory).
+    Sink,
+    /// The second, larger drain.
+    Rss,
+    /// Publish → visible latency.
+    Latency,
+    /// Bridge against mosquitto.
+    Bridge,
+}
+
+/// The sizes a run uses.
+#[derive(Debug, Clone)]
+struct Plan {
+    events: u64,
+    rss_events: u64,
+    bridge_messages: u64,
+    latency_rate: f64,
+    latency_duration: Duration,
+    pull_batch: usize,
+    insert_batch: usize,
+    skip: Vec<Phase>,
+    sink_env: Vec<(String, String)>,
+    bridge_env: Vec<(String, String)>,
+    sink_wrapper: Vec<String>,
+    bridge_wrapper: Vec<String>,
+    mosquitto_inflight: u32,
+}
+
+impl Plan {
+    fn from_cli(cli: &Cli) -> anyhow::Result<Plan> {
+        let pick = |given: Option<u64>, quick: u64, full: u64| {
+            given.unwrap_or(if cli.quick { quick } else { full })
+        };
+        let plan = Plan {
+            events: pick(cli.events, 100_000, 1_000_000),
+            rss_events: pick(cli.rss_events, 300_000, 5_000_000),
+            bridge_messages: pick(cli.bridge_messages, 20_000, 200_000),
+            latency_rate: cli.latency_rate,
+            latency_duration: cli.latency_duration.unwrap_or(if cli.quick {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_secs(20)
+            }),
+            pull_batch: cli.pull_batch,
+            insert_batch: cli.insert_batch,
+            skip: cli.skip.clone(),
+            sink_env: cli.sink_env.clone(),
+            bridge_env: cli.bridge_env.clone(),
+            sink_wrapper: split_command(cli.sink_wrapper.as_deref()),
+            bridge_wrapper: split_command(cli.bridge_wrapper.as_deref()),
+            mosquitto_inflight: cli.mosquitto_inflight,
+        };
+        if plan.events == 0 || plan.bridge_messages == 0 || plan.pull_batch == 0 {
+            bail!(runtime::ConfigError::new(
+                "--events/--bridge-messages/--pull-batch",
+                "must be above 0"
+            ));
+        }
+        if !(plan.latency_rate > 0.0 && plan.latency_rate.is_finite()) {
+            bail!(runtime::ConfigError::new(
+                "--latency-rate",
+                "must be a positive number"
+            ));
+        }
+        Ok(plan)
+    }
+
+    fn runs(&self, phase: Phase) -> bool {
+        !self.skip.contains(&phase)
+    }
+
+    fn latency_events(&self) -> u64 {
+        if self.runs(Phase::Latency) && self.runs(Phase::Sink) {
+            (self.latency_rate * self.latency_duration.as_secs_f64()).round() as u64
+        } else {
+            0
+        }
+    }
+}
+
+fn split_command(command: Option<&str>) -> Vec<String> {
+    command
+        .map(|command| command.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// The release binaries a run drives.
+struct Binaries {
+    sink: PathBuf,
+    bridge: PathBuf,
+    edge_sim: PathBuf,
+}
+
+/// Runs the benchmark, prints the table and adds it to the report file.
+///
+/// # Errors
+///
+/// Bad flags, missing binaries or servers, or a phase that could not run.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let plan = Plan::from_cli(&cli)?;
+    if !cli.no_build {
+        procs::build_release_binaries().await?;
+    }
+    let binaries = Binaries {
+        sink: match &cli.sink_binary {
+            Some(path) => path.clone(),
+            None => procs::release_bin("sink-clickhouse")?,
+        },
+        bridge: match &cli.bridge_binary {
+            Some(path) => path.clone(),
+            None => procs::release_bin("ingest-wave")?,
+        },
+        edge_sim: procs::release_bin("edge-sim")?,
+    };
+    let began = Instant::now();
+    let started_at = chrono::Utc::now();
+    let mut machine = machine::Machine::read();
+    let logs = test_support::workspace_root()
+        .join(".data")
+        .join("bench")
+        .join(started_at.format("%Y%m%dT%H%M%SZ").to_string());
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    tracing::info!(?plan, load = %machine.load_before, logs = %logs.display(), "benchmark starting");
+
+    let mut results = Results::default();
+    let work = async {
+        if plan.runs(Phase::Raw) || plan.runs(Phase::Sink) {
+            sink_side(&plan, &binaries, &logs, &mut results, &mut machine).await?;
+        }
+        if plan.runs(Phase::Bridge) {
+            if let Err(error) = bridge_side(&plan, &binaries, &logs, &mut results).await {
+                tracing::error!(error = %format!("{error:#}"), "bridge phase failed");
+                results
+                    .failures
+                    .push(("bridge".to_owned(), format!("{error:#}")));
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        result = work => result?,
+        () = interrupted() => bail!("interrupted; servers and children stopped"),
+    }
+    machine.load_after = machine::load_average();
+    machine.versions.push((
+        "nats-server".to_owned(),
+        machine::program_version("nats-server", &["--version"]).await,
+    ));
+    machine.versions.push((
+        "mosquitto".to_owned(),
+        machine::program_version("mosquitto", &["-h"]).await,
+    ));
+    machine.versions.push((
+        "rustc".to_owned(),
+        machine::program_version("rustc", &["--version"]).await,
+    ));
+
+    let table = results.table();
+    let cpu = results.cpu_table();
+    let details = results.details();
+    println!("\n{table}\n{cpu}\n{details}");
+    println!("{}", machine.describe());
+
+    let report = match (&cli.report, cli.no_report, cli.quick) {
+        (_, true, _) => None,
+        (Some(path), _, _) => Some(path.clone()),
+        (None, false, true) => None,
+        (None, false, false) => Some(test_support::workspace_root().join("BENCHMARKS.md")),
+    };
+    if let Some(path) = report {
+        let block = format!(
+            "### Run of {} ({})\n\n- command: `{}`\n- wall time of the whole run: {:.1} min; child logs in `{}`\n{}\n{table}\nCPU per phase:\n\n{cpu}\n{details}",
+            started_at.format("%Y-%m-%d %H:%M UTC"),
+            if cli.quick { "quick" } else { "full" },
+            command_line(),
+            began.elapsed().as_secs_f64() / 60.0,
+            logs.strip_prefix(test_support::workspace_root())
+                .unwrap_or(&logs)
+                .display(),
+            machine.describe(),
+        );
+        report::add_run(&path, &block)?;
+        tracing::info!(report = %path.display(), "results added");
+    }
+    if !results.failures.is_empty() {
+        bail!(
+            "{} phase(s) failed: {}",
+            results.failures.len(),
+            results
+                .failures
+                .iter()
+                .map(|(phase, _)| phase.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The command as typed, as near as can be told.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let prefix = if std::env::var_os("CARGO").is_some() {
+        "cargo run --release -p bench --".to_owned()
+    } else {
+        "target/release/bench".to_owned()
+    };
+    if args.is_empty() {
+        prefix.trim_end_matches(" --").to_owned()
+    } else {
+        format!("{prefix} {}", args.join(" "))
+    }
+}
+
+/// SIGINT or SIGTERM: the run stops and every server and child is killed on the way out.
+async fn interrupted() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// Starts a server from `test-support` on a blocking thread (its constructors wait and panic).
+async fn start_server<S: Send + 'static>(
+    name: &'static str,
+    start: impl FnOnce() -> S + Send + 'static,
+) -> anyhow::Result<S> {
+    tokio::task::spawn_blocking(start).await.map_err(|error| {
+        let reason = error
+            .try_into_panic()
+            .ok()
+            .and_then(|payload| {
+                payload.downcast_ref::<String>().cloned().or_else(|| {
+                    payload
+                        .downcast_ref::<&str>()
+                        .map(|text| (*text).to_owned())
+                })
+            })
+            .unwrap_or_else(|| "unknown failure".to_owned());
+        anyhow::anyhow!("cannot start {name}: {reason}")
+    })
+}
+
+fn data_dir_pids(path: &std::path::Path) -> Vec<u32> {
+    procs::pids_with_argument(&path.display().to_string())
+}
+
+/// Raw consume, raw insert, the sink's drains and the latency phase, on one NATS and one
+/// ClickHouse.
+async fn sink_side(
+    plan: &Plan,
+    binaries: &Binaries,
+    logs: &std::path::Path,
+    results: &mut Results,
+    machine: &mut machine::Machine,
+) -> anyhow::Result<()> {
+    let nats = start_server("nats-server", || NatsServer::start("bench-nats")).await?;
+    let clickhouse = start_server("clickhouse-server", || {
+        ClickHouseServer::start("bench-clickhouse")
+    })
+    .await?;
+    let ch_url = clickhouse.http_url();
+    machine.versions.push((
+        "clickhouse-server".to_owned(),
+        warehouse::version(&ch_url).await,
+    ));
+    let nats_watch = Watched::new("nats-server", data_dir_pids(nats.data_dir()));
+    let ch_watch = Watched::new("clickhouse", data_dir_pids(clickhouse.data_dir()));
+    let bench_watch = Watched::new("bench", vec![std::process::id()]);
+    tracing::info!(nats = %nats.url(), clickhouse = %ch_url, nats_pids = ?nats_watch.pids, clickhouse_pids = ?ch_watch.pids, "servers ready");
+
+    let client = async_nats::connect(nats.url())
+        .await
+        .context("connecting to NATS")?;
+    let jetstream = stream::context(client.clone());
+    ensure_event_streams(&jetstream, &StreamPolicy::default())
+        .await
+        .context("declaring the streams")?;
+
+    tracing::info!(events = plan.events, "filling WAVE");
+    let filled = stream::fill(&jetstream, 0, plan.events, plan.runs(Phase::Raw)).await?;
+    tracing::info!(
+        events = filled.events,
+        seconds = filled.seconds,
+        rate = (filled.events as f64 / filled.seconds) as u64,
+        "WAVE filled"
+    );
+    results.fill = Some((filled.events, filled.seconds));
+
+    if plan.runs(Phase::Raw) {
+        for (index, mode) in [
+            AckMode::None,
+            AckMode::AllPerBatch,
+            AckMode::EachMessage,
+            AckMode::EachMessageInBursts,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let meter = procs::CpuMeter::start(&[nats_watch.clone(), bench_watch.clone()]);
+            let consumed = stream::raw_consume(
+                &jetstream,
+                &format!("bench-raw-{index}"),
+                plan.events,
+                plan.pull_batch,
+                mode,
+                std::env::var("BENCH_RAW_FILTER").ok(),
+            )
+            .await?;
+            let cpu = meter.finish();
+            tracing::info!(
+                mode = mode.label(),
+                seconds = consumed.seconds,
+                rate = (consumed.messages as f64 / consumed.seconds) as u64,
+                cpu = %cpu.summary(),
+                "raw consume"
+            );
+            results.raw_consume.push((mode, consumed, cpu));
+        }
+
+        let database = "bench_raw";
+        warehouse::migrate(&ch_url, database).await?;
+        // The sink's own per-event CPU work, alone on one thread: JSON decode and row build.
+        let decoding = Instant::now();
+        let rows = warehouse::rows(&filled.kept)?;
+        let decode_seconds = decoding.elapsed().as_secs_f64();
+        tracing::info!(
+            seconds = decode_seconds,
+            rate = (rows.len() as f64 / decode_seconds) as u64,
+            "decode + to_row"
+        );
+        results.decode = Some((rows.len() as u64, decode_seconds));
+        drop(filled);
+        warehouse::wait_for_merges(&ch_url, Duration::from_secs(60)).await;
+        let meter = procs::CpuMeter::start(&[ch_watch.clone(), bench_watch.clone()]);
+        let inserted = warehouse::raw_insert(&ch_url, database, &rows, plan.insert_batch).await?;
+        let cpu = meter.finish();
+        drop(rows);
+        tracing::info!(
+            seconds = inserted.seconds,
+            rate = (inserted.rows as f64 / inserted.seconds) as u64,
+            cpu = %cpu.summary(),
+            "raw insert"
+        );
+        results.raw_insert = Some((inserted, cpu));
+        warehouse::drop_database(&ch_url, database).await?;
+    } else {
+        drop(filled);
+    }
+
+    if !plan.runs(Phase::Sink) {
+        return Ok(());
+    }
+    warehouse::wait_for_merges(&ch_url, Duration::from_secs(60)).await;
+    let database = "bench_sink";
+    let started = Instant::now();
+    let mut sink = sink::start(&sink::SinkTarget {
+        binary: &binaries.sink,
+        nats_url: nats.url(),
+        clickhouse_url: ch_url.clone(),
+        database,
+        consumer: "sink-clickhouse",
+        log: &logs.join("sink.log"),
+        wrapper: &plan.sink_wrapper,
+        extra_env: &plan.sink_env,
+    })?;
+    let sink_watch = Watched::new("sink", vec![sink.pid()]);
+    let watched = [
+        nats_watch.clone(),
+        ch_watch.clone(),
+        sink_watch.clone(),
+        bench_watch.clone(),
+    ];
+    let table = warehouse::client(&ch_url, database);
+    let drained = sink::drain(&mut sink, started, &table, plan.events, &watched).await?;
+    tracing::info!(
+        seconds = drained.seconds,
+        rate = drained.rate() as u64,
+        vm_hwm_mib = drained.high_water_kib / 1024,
+        cpu = %drained.cpu.summary(),
+        "sink drained"
+    );
+    results.sink = Some(drained);
+
+    let latency_events = plan.latency_events();
+    if latency_events > 0 {
+        tracing::info!(
+            rate = plan.latency_rate,
+            events = latency_events,
+            "latency phase"
+        );
+        let latency = sink::latency(
+            &jetstream,
+            &table,
+            plan.events,
+            latency_events,
+            plan.latency_rate,
+            Duration::from_millis(50),
+            &watched,
+        )
+        .await?;
+        tracing::info!(
+            p50_ms = latency.quantile_ms(0.5),
+            p99_ms = latency.quantile_ms(0.99),
+            max_ms = latency.quantile_ms(1.0),
+            unseen = latency.unseen,
+            "latency measured"
+        );
+        results.latency = Some(latency);
+    }
+    stop(&mut sink).await;
+    drop(sink);
+    drop(table);
+
+    let in_stream = stream::stream_messages(&jetstream).await?;
+    if plan.runs(Phase::Rss) && plan.rss_events > in_stream {
+        warehouse::drop_database(&ch_url, database).await?;
+        let more = plan.rss_events - in_stream;
+        tracing::info!(
+            more,
+            total = plan.rss_events,
+            "filling WAVE for the larger drain"
+        );
+        stream::fill(&jetstream, plan.events + latency_events, more, false).await?;
+        let total = stream::stream_messages(&jetstream).await?;
+        warehouse::wait_for_merges(&ch_url, Duration::from_secs(60)).await;
+        let database = "bench_sink_large";
+        let started = Instant::now();
+        let mut sink = sink::start(&sink::SinkTarget {
+            binary: &binaries.sink,
+            nats_url: nats.url(),
+            clickhouse_url: ch_url.clone(),
+            database,
+            consumer: "bench-large",
+            log: &logs.join("sink-large.log"),
+            wrapper: &plan.sink_wrapper,
+            extra_env: &plan.sink_env,
+        })?;
+        let watched = [
+            nats_watch.clone(),
+            ch_watch.clone(),
+            Watched::new("sink", vec![sink.pid()]),
+            bench_watch.clone(),
+        ];
+        let table = warehouse::client(&ch_url, database);
+        let drained = sink::drain(&mut sink, started, &table, total, &watched).await?;
+        tracing::info!(
+            rows = drained.rows,
+            seconds = drained.seconds,
+            rate = drained.rate() as u64,
+            vm_hwm_mib = drained.high_water_kib / 1024,
+            cpu = %drained.cpu.summary(),
+            "sink drained the larger stream"
+        );
+        results.sink_large = Some(drained);
+        stop(&mut sink).await;
+    } else if plan.runs(Phase::Rss) {
+        tracing::warn!(
+            rss_events = plan.rss_events,
+            in_stream,
+            "--rss-events is not above the events already in the stream; no second memory point"
+        );
+    }
+    client.flush().await.context("flushing NATS")?;
+    // Clients first, so they do not try to reconnect to stopped servers.
+    drop(jetstream);
+    drop(client);
+    drop(clickhouse);
+    drop(nats);
+    Ok(())
+}
+
+async fn stop(program: &mut Program) {
+    // Generous: a sink under valgrind takes a while to drain.
+    match program.terminate(Duration::from_secs(120)).await {
+        Ok(Some(status)) if status.success() => {}
+        Ok(Some(status)) => tracing::warn!(%status, "child exited uncleanly"),
+        Ok(None) => tracing::warn!("child was killed"),
+        Err(error) => tracing::warn!(error = %format!("{error:#}"), "cannot stop child"),
+    }
+}
+
+/// The bridge's default `--in-flight`.
+const BRIDGE_IN_FLIGHT: usize = 256;
+
+/// Mosquitto's delivery rate to a plain subscriber against the bridge's, same messages.
+async fn bridge_side(
+    plan: &Plan,
+    binaries: &Binaries,
+    logs: &std::path::Path,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let nats = start_server("nats-server", || NatsServer::start("bench-bridge-nats")).await?;
+    let extra_config = format!("max_inflight_messages {}", plan.mosquitto_inflight);
+    let mosquitto = start_server("mosquitto", move || {
+        MosquittoServer::start_with_config("bench-mosquitto", &extra_config)
+    })
+    .await?;
+    let port = mosquitto.port();
+    let nats_watch = Watched::new("nats-server", data_dir_pids(nats.data_dir()));
+    let mosquitto_watch = Watched::new("mosquitto", data_dir_pids(mosquitto.data_dir()));
+    let bench_watch = Watched::new("bench", vec![std::process::id()]);
+    let client = async_nats::connect(nats.url())
+        .await
+        .context("connecting to NATS")?;
+    let jetstream = stream::context(client.clone());
+    ensure_event_streams(&jetstream, &StreamPolicy::default())
+        .await
+        .context("declaring the streams")?;
+
+    mqtt::create_session(port, mqtt::PLAIN_CLIENT, &[mqtt::WAVE_TOPICS]).await?;
+    mqtt::create_session(port, mqtt::BRIDGE_CLIENT, &mqtt::BRIDGE_TOPICS).await?;
+    tracing::info!(
+        messages = plan.bridge_messages,
+        "queueing MQTT messages in both sessions"
+    );
+    let queued = mqtt::queue(&binaries.edge_sim, port, plan.bridge_messages).await?;
+    results.mqtt_queue = Some(queued);
+    let limit = Duration::from_secs(120 + plan.bridge_messages / 500);
+
+    let plain = mqtt::plain_subscriber(
+        port,
+        plan.bridge_messages,
+        &[mosquitto_watch.clone(), bench_watch.clone()],
+        limit,
+    )
+    .await?;
+    tracing::info!(
+        seconds = plain.seconds,
+        rate = plain.rate() as u64,
+        cpu = %plain.cpu.summary(),
+        "mosquitto → plain subscriber"
+    );
+    results.plain = Some(plain);
+
+    // The JetStream half of the bridge's work alone: the same kind of events, as many acks
+    // outstanding as the bridge allows (its default --in-flight).
+    let events = stream::bridge_events(plan.bridge_messages)?;
+    let meter = procs::CpuMeter::start(&[nats_watch.clone(), bench_watch.clone()]);
+    let published = stream::raw_publish(&jetstream, events, BRIDGE_IN_FLIGHT).await?;
+    let cpu = meter.finish();
+    tracing::info!(
+        seconds = published.seconds,
+        rate = (published.events as f64 / published.seconds) as u64,
+        cpu = %cpu.summary(),
+        "raw JetStream publish at the bridge's in-flight"
+    );
+    results.raw_publish = Some((published.events, published.seconds, cpu));
+
+    let base = stream::stream_messages(&jetstream).await?;
+    let http_port = test_support::free_port();
+    let mut env = vec![
+        ("NATS_URL", nats.url()),
+        ("MQTT_URL", format!("mqtt://127.0.0.1:{port}")),
+        ("MQTT_CLIENT_ID", mqtt::BRIDGE_CLIENT.to_owned()),
+        ("HTTP_LISTEN", format!("127.0.0.1:{http_port}")),
+        ("RUST_LOG", "info".to_owned()),
+    ];
+    env.extend(
+        plan.bridge_env
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.clone())),
+    );
+    let started = Instant::now();
+    let mut bridge = Program::spawn_wrapped(
+        "ingest-wave bridge",
+        &plan.bridge_wrapper,
+        &binaries.bridge,
+        &["bridge"],
+        &env,
+        logs.join("bridge.log"),
+    )?;
+    let watched = [
+        mosquitto_watch,
+        nats_watch,
+        Watched::new("bridge", vec![bridge.pid()]),
+        bench_watch,
+    ];
+    let delivered = mqtt::bridge(
+        &mut bridge,
+        started,
+        &jetstream,
+        base,
+        plan.bridge_messages,
+        &watched,
+        limit,
+    )
+    .await?;
+    tracing::info!(
+        seconds = delivered.seconds,
+        rate = delivered.rate() as u64,
+        cpu = %delivered.cpu.summary(),
+        "mosquitto → bridge → JetStream"
+    );
+    results.bridge = Some(delivered);
+    stop(&mut bridge).await;
+    drop(jetstream);
+    drop(client);
+    drop(mosquitto);
+    drop(nats);
+    Ok(())
+}

@@ -1,0 +1,461 @@
+//! The results table (printed, and added to `BENCHMARKS.md`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::mqtt::{Delivered, Queued};
+use crate::procs::CpuUsage;
+use crate::sink::{Drained, Latency};
+use crate::stream::{AckMode, Consumed};
+use crate::warehouse::Inserted;
+
+/// The sink must reach this share of the slower raw limit.
+pub const SINK_TARGET: f64 = 0.80;
+/// The bridge must reach this share of mosquitto's delivery rate to a plain subscriber.
+pub const BRIDGE_TARGET: f64 = 0.80;
+/// "Flat" memory: the peak at the larger volume is at most this multiple of the smaller's.
+pub const RSS_FLAT_FACTOR: f64 = 1.25;
+/// The sink's default flush interval, in milliseconds.
+pub const FLUSH_INTERVAL_MS: f64 = 1000.0;
+/// The "small margin" above the flush interval allowed for p99 latency.
+pub const LATENCY_MARGIN_MS: f64 = 250.0;
+
+/// Everything one run measured; a phase that was skipped (or failed) is `None`.
+#[derive(Default)]
+pub struct Results {
+    /// Filling the stream for the throughput phases: events, seconds.
+    pub fill: Option<(u64, f64)>,
+    /// Raw JetStream consume, per ack mode.
+    pub raw_consume: Vec<(AckMode, Consumed, CpuUsage)>,
+    /// Raw ClickHouse insert.
+    pub raw_insert: Option<(Inserted, CpuUsage)>,
+    /// The sink's decode + row build of the same events on one thread: events, seconds.
+    pub decode: Option<(u64, f64)>,
+    /// The sink draining the throughput phases' events.
+    pub sink: Option<Drained>,
+    /// The sink draining the larger stream (second memory point).
+    pub sink_large: Option<Drained>,
+    /// Publish → visible latency.
+    pub latency: Option<Latency>,
+    /// `edge-sim mqtt` queueing the bridge phase's messages.
+    pub mqtt_queue: Option<Queued>,
+    /// Mosquitto → plain subscriber.
+    pub plain: Option<Delivered>,
+    /// Raw JetStream publish of bridge-like events at the bridge's in-flight: events, seconds, CPU.
+    pub raw_publish: Option<(u64, f64, CpuUsage)>,
+    /// Mosquitto → bridge → JetStream.
+    pub bridge: Option<Delivered>,
+    /// Phases that failed, with the error.
+    pub failures: Vec<(String, String)>,
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(value: f64) -> String {
+    let rounded = value.round();
+    if !rounded.is_finite() {
+        return "n/a".to_owned();
+    }
+    let digits = format!("{:.0}", rounded.abs());
+    let mut grouped = String::new();
+    for (position, digit) in digits.chars().enumerate() {
+        if position > 0 && (digits.len() - position).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    if rounded < 0.0 {
+        format!("-{grouped}")
+    } else {
+        grouped
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**MISSED**"
+    }
+}
+
+impl Results {
+    fn raw_consume_rate(&self) -> Option<f64> {
+        self.raw_consume
+            .iter()
+            .find(|(mode, _, _)| *mode == AckMode::None)
+            .map(|(_, consumed, _)| consumed.messages as f64 / consumed.seconds.max(1e-9))
+    }
+
+    fn raw_insert_rate(&self) -> Option<f64> {
+        self.raw_insert
+            .as_ref()
+            .map(|(inserted, _)| inserted.rows as f64 / inserted.seconds.max(1e-9))
+    }
+
+    /// The slower raw limit and its name.
+    fn raw_limit(&self) -> Option<(f64, &'static str)> {
+        match (self.raw_consume_rate(), self.raw_insert_rate()) {
+            (Some(consume), Some(insert)) if consume <= insert => Some((consume, "(1)")),
+            (Some(_), Some(insert)) => Some((insert, "(2)")),
+            _ => None,
+        }
+    }
+
+    /// The results table, in Markdown.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<[String; 8]> = Vec::new();
+        let mut row = |cells: [&str; 8]| rows.push(cells.map(str::to_owned));
+        if let Some((events, seconds)) = self.fill {
+            row([
+                "0",
+                "fill WAVE: JetStream publish with Nats-Msg-Id, 4096 acks in flight (context)",
+                &thousands(events as f64),
+                &format!("{seconds:.1}"),
+                &format!("{} ev/s", thousands(events as f64 / seconds.max(1e-9))),
+                "",
+                "",
+                "",
+            ]);
+        }
+        for (index, (mode, consumed, _)) in self.raw_consume.iter().enumerate() {
+            let number = ["1", "1b", "1c", "1d"].get(index).copied().unwrap_or("1+");
+            let rate = consumed.messages as f64 / consumed.seconds.max(1e-9);
+            let what = if *mode == AckMode::None {
+                format!("raw JetStream consume: pull consumer, {}", mode.label())
+            } else {
+                format!("raw JetStream consume, {} (context)", mode.label())
+            };
+            row([
+                number,
+                &what,
+                &thousands(consumed.messages as f64),
+                &format!("{:.2}", consumed.seconds),
+                &format!(
+                    "{} ev/s ({:.0} MB/s)",
+                    thousands(rate),
+                    consumed.bytes as f64 / consumed.seconds.max(1e-9) / 1e6
+                ),
+                "",
+                "",
+                "",
+            ]);
+        }
+        if let Some((inserted, _)) = &self.raw_insert {
+            row([
+                "2",
+                &format!(
+                    "raw ClickHouse insert: RowBinary, no validation, {} rows/INSERT, one at a time",
+                    thousands((inserted.rows as f64 / inserted.inserts.max(1) as f64).ceil())
+                ),
+                &thousands(inserted.rows as f64),
+                &format!("{:.2}", inserted.seconds),
+                &format!("{} rows/s", thousands(inserted.rows as f64 / inserted.seconds.max(1e-9))),
+                "",
+                "",
+                "",
+            ]);
+        }
+        if let Some((events, seconds)) = self.decode {
+            row([
+                "2b",
+                "decode + row build alone (Event::decode, to_row), one thread: the sink's own CPU work per event (context)",
+                &thousands(events as f64),
+                &format!("{seconds:.2}"),
+                &format!("{} ev/s", thousands(events as f64 / seconds.max(1e-9))),
+                "",
+                "",
+                "",
+            ]);
+        }
+        let limit = self.raw_limit();
+        for (number, drained) in [("3", &self.sink), ("3b", &self.sink_large)] {
+            let Some(drained) = drained else { continue };
+            let (ratio, target, met) = match limit {
+                Some((limit, which)) => {
+                    let ratio = drained.rate() / limit;
+                    (
+                        format!("{ratio:.2} of min(1, 2) = {which}"),
+                        format!("≥ {SINK_TARGET:.2}"),
+                        verdict(ratio >= SINK_TARGET).to_owned(),
+                    )
+                }
+                None => (String::new(), String::new(), String::new()),
+            };
+            row([
+                number,
+                "sink-clickhouse run (release, defaults) end to end: start → last row visible",
+                &thousands(drained.rows as f64),
+                &format!("{:.2}", drained.seconds),
+                &format!("{} rows/s", thousands(drained.rate())),
+                &ratio,
+                &target,
+                &met,
+            ]);
+        }
+        if let Some(drained) = &self.sink {
+            row([
+                "4",
+                "sink peak RSS (VmHWM) after the smaller drain",
+                &thousands(drained.rows as f64),
+                "",
+                &mib(drained.high_water_kib),
+                "",
+                "",
+                "",
+            ]);
+        }
+        if let Some(large) = &self.sink_large {
+            let (ratio, met) = match &self.sink {
+                Some(small) => {
+                    let ratio = large.high_water_kib as f64 / small.high_water_kib.max(1) as f64;
+                    (
+                        format!("{ratio:.2} × (4)"),
+                        verdict(ratio <= RSS_FLAT_FACTOR).to_owned(),
+                    )
+                }
+                None => (String::new(), String::new()),
+            };
+            row([
+                "4b",
+                "sink peak RSS (VmHWM) after the larger drain",
+                &thousands(large.rows as f64),
+                "",
+                &mib(large.high_water_kib),
+                &ratio,
+                &format!("≤ {RSS_FLAT_FACTOR:.2} × (4)"),
+                &met,
+            ]);
+        }
+        if let Some(latency) = &self.latency {
+            let p99 = latency.quantile_ms(0.99);
+            let bound = FLUSH_INTERVAL_MS + LATENCY_MARGIN_MS;
+            row([
+                "5",
+                &format!(
+                    "publish → visible in ClickHouse at {:.0} ev/s (sink flush interval 1 s, poll every 50 ms){}",
+                    latency.rate,
+                    if latency.unseen > 0 {
+                        format!("; {} never seen", latency.unseen)
+                    } else {
+                        String::new()
+                    }
+                ),
+                &thousands(latency.events as f64),
+                &format!("{:.1}", latency.seconds),
+                &format!(
+                    "p50 {:.0} ms · p99 {:.0} ms · max {:.0} ms",
+                    latency.quantile_ms(0.5),
+                    p99,
+                    latency.quantile_ms(1.0)
+                ),
+                "",
+                &format!("p99 ≤ {bound:.0} ms"),
+                verdict(p99 <= bound && latency.unseen == 0),
+            ]);
+        }
+        if let Some(queued) = &self.mqtt_queue {
+            row([
+                "6·",
+                "queue: edge-sim mqtt --rate 0 (QoS 1, 256 in flight) into two persistent sessions (context)",
+                &thousands(queued.messages as f64),
+                &format!("{:.2}", queued.seconds),
+                &format!("{} msg/s", thousands(queued.messages as f64 / queued.seconds.max(1e-9))),
+                "",
+                "",
+                "",
+            ]);
+        }
+        if let Some(plain) = &self.plain {
+            row([
+                "6a",
+                "mosquitto → plain rumqttc QoS 1 subscriber (acks at once): connect → last message",
+                &thousands(plain.messages as f64),
+                &format!("{:.2}", plain.seconds),
+                &format!("{} msg/s", thousands(plain.rate())),
+                "",
+                "",
+                "",
+            ]);
+        }
+        if let Some((events, seconds, _)) = &self.raw_publish {
+            row([
+                "6c",
+                "raw JetStream publish of the bridge's kind of events, 256 acks in flight (the bridge's default --in-flight)",
+                &thousands(*events as f64),
+                &format!("{seconds:.2}"),
+                &format!("{} ev/s", thousands(*events as f64 / seconds.max(1e-9))),
+                "",
+                "",
+                "",
+            ]);
+        }
+        if let Some(bridge) = &self.bridge {
+            let (ratio, met) = match &self.plain {
+                Some(plain) => {
+                    let ratio = bridge.rate() / plain.rate();
+                    let of_publish = self
+                        .raw_publish
+                        .as_ref()
+                        .map(|(events, seconds, _)| {
+                            format!(
+                                "; {:.2} of (6c)",
+                                bridge.rate() / (*events as f64 / seconds.max(1e-9))
+                            )
+                        })
+                        .unwrap_or_default();
+                    (
+                        format!("{ratio:.2} of (6a){of_publish}"),
+                        verdict(ratio >= BRIDGE_TARGET).to_owned(),
+                    )
+                }
+                None => (String::new(), String::new()),
+            };
+            row([
+                "6b",
+                "ingest-wave bridge (release): start → last event stored in JetStream",
+                &thousands(bridge.messages as f64),
+                &format!("{:.2}", bridge.seconds),
+                &format!("{} msg/s", thousands(bridge.rate())),
+                &ratio,
+                &format!("≥ {BRIDGE_TARGET:.2}"),
+                &met,
+            ]);
+        }
+        let mut table = String::from(
+            "| # | measurement | events | seconds | value | ratio | target | |\n|---|---|---:|---:|---:|---|---|---|\n",
+        );
+        for cells in rows {
+            let _ = writeln!(table, "| {} |", cells.join(" | "));
+        }
+        table
+    }
+
+    /// CPU use per phase, in Markdown.
+    pub fn cpu_table(&self) -> String {
+        let mut phases: Vec<(String, &CpuUsage)> = Vec::new();
+        for (mode, _, cpu) in &self.raw_consume {
+            phases.push((format!("raw consume, {}", mode.label()), cpu));
+        }
+        if let Some((_, cpu)) = &self.raw_insert {
+            phases.push(("raw insert".to_owned(), cpu));
+        }
+        if let Some(drained) = &self.sink {
+            phases.push(("sink, smaller drain".to_owned(), &drained.cpu));
+        }
+        if let Some(drained) = &self.sink_large {
+            phases.push(("sink, larger drain".to_owned(), &drained.cpu));
+        }
+        if let Some(latency) = &self.latency {
+            phases.push(("latency".to_owned(), &latency.cpu));
+        }
+        if let Some(plain) = &self.plain {
+            phases.push(("mosquitto → plain subscriber".to_owned(), &plain.cpu));
+        }
+        if let Some((_, _, cpu)) = &self.raw_publish {
+            phases.push(("raw JetStream publish, 256 in flight".to_owned(), cpu));
+        }
+        if let Some(bridge) = &self.bridge {
+            phases.push(("mosquitto → bridge → JetStream".to_owned(), &bridge.cpu));
+        }
+        let mut table = String::from(
+            "| phase | CPU, percent of one core (user + system, all threads) |\n|---|---|\n",
+        );
+        for (phase, cpu) in phases {
+            let _ = writeln!(table, "| {phase} | {} |", cpu.summary());
+        }
+        table
+    }
+
+    /// Further detail: timings without startup, memory over the drains, failures.
+    pub fn details(&self) -> String {
+        let mut text = String::new();
+        for (label, drained) in [("smaller", &self.sink), ("larger", &self.sink_large)] {
+            let Some(drained) = drained else { continue };
+            let deciles: Vec<String> = drained
+                .rss_deciles_mib
+                .iter()
+                .map(|mib| format!("{mib:.0}"))
+                .collect();
+            let _ = writeln!(
+                text,
+                "- sink, {label} drain: {} rows/s from the first visible row ({:.2} s); VmRSS peak per tenth of the drain (MiB): {}",
+                thousands(drained.rows as f64 / drained.seconds_after_first_row.max(1e-9)),
+                drained.seconds_after_first_row,
+                deciles.join(", ")
+            );
+        }
+        if let Some(latency) = &self.latency {
+            let _ = writeln!(
+                text,
+                "- latency quantiles (ms): p10 {:.0}, p50 {:.0}, p90 {:.0}, p99 {:.0}, p99.9 {:.0}, max {:.0}",
+                latency.quantile_ms(0.1),
+                latency.quantile_ms(0.5),
+                latency.quantile_ms(0.9),
+                latency.quantile_ms(0.99),
+                latency.quantile_ms(0.999),
+                latency.quantile_ms(1.0)
+            );
+        }
+        for (label, delivered) in [("plain subscriber", &self.plain), ("bridge", &self.bridge)] {
+            let Some(delivered) = delivered else { continue };
+            let _ = writeln!(
+                text,
+                "- {label}: {} msg/s from the first message ({:.2} s){}",
+                thousands(delivered.messages as f64 / delivered.seconds_after_first.max(1e-9)),
+                delivered.seconds_after_first,
+                delivered
+                    .high_water_kib
+                    .map(|kib| format!("; VmHWM {}", mib(kib)))
+                    .unwrap_or_default()
+            );
+        }
+        for (phase, error) in &self.failures {
+            let _ = writeln!(text, "- **phase {phase} failed**: {error}");
+        }
+        text
+    }
+}
+
+/// Marker after which runs are added, newest first.
+pub const RESULTS_BEGIN: &str =
+    "<!-- bench:results:begin (runs are added below by `bench`, newest first) -->";
+/// Marker closing the generated runs.
+pub const RESULTS_END: &str = "<!-- bench:results:end -->";
+
+/// Adds `block` as the newest run in the report at `path`, keeping everything else.
+///
+/// # Errors
+///
+/// When the file cannot be read or written.
+pub fn add_run(path: &Path, block: &str) -> anyhow::Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::from(
+            "# Benchmarks\n\nRuns of `cargo run --release -p bench`, newest first.\n\n",
+        ),
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let updated = match existing.find(RESULTS_BEGIN) {
+        Some(at) => {
+            let insert_at = at + RESULTS_BEGIN.len();
+            format!(
+                "{}\n\n{}{}",
+                &existing[..insert_at],
+                block.trim_end(),
+                &existing[insert_at..]
+            )
+        }
+        None => format!(
+            "{}\n{RESULTS_BEGIN}\n\n{}\n\n{RESULTS_END}\n",
+            existing.trim_end(),
+            block.trim_end()
+        ),
+    };
+    std::fs::write(path, updated).with_context(|| format!("cannot write {}", path.display()))
+}
