@@ -105,6 +105,10 @@ pub struct Cli {
     /// Diagnosis only: another ingest-wave binary instead of target/release/ingest-wave.
     #[arg(long)]
     pub bridge_binary: Option<PathBuf>,
+    /// Diagnosis only: give the raw consumers this filter subject (the sink's consumers had
+    /// `nomadwave.wave.>` before the fix described in BENCHMARKS.md).
+    #[arg(long)]
+    pub raw_filter: Option<String>,
     /// Diagnosis only: mosquitto's max_inflight_messages (deploy/mosquitto/mosquitto.conf has
     /// 256, as the measured configuration).
     #[arg(long, default_value_t = 256)]
@@ -149,6 +153,7 @@ struct Plan {
     sink_wrapper: Vec<String>,
     bridge_wrapper: Vec<String>,
     mosquitto_inflight: u32,
+    raw_filter: Option<String>,
 }
 
 impl Plan {
@@ -174,6 +179,7 @@ impl Plan {
             sink_wrapper: split_command(cli.sink_wrapper.as_deref()),
             bridge_wrapper: split_command(cli.bridge_wrapper.as_deref()),
             mosquitto_inflight: cli.mosquitto_inflight,
+            raw_filter: cli.raw_filter.clone(),
         };
         if plan.events == 0 || plan.bridge_messages == 0 || plan.pull_batch == 0 {
             bail!(runtime::ConfigError::new(
@@ -437,7 +443,7 @@ async fn sink_side(
                 plan.events,
                 plan.pull_batch,
                 mode,
-                std::env::var("BENCH_RAW_FILTER").ok(),
+                plan.raw_filter.clone(),
             )
             .await?;
             let cpu = meter.finish();

@@ -198,8 +198,8 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
-/// User + system CPU time of `pid` (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// User and system CPU time of `pid` (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &text[text.rfind(')')? + 1..];
@@ -207,7 +207,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     let user: u64 = fields.get(11)?.parse().ok()?;
     let system: u64 = fields.get(12)?.parse().ok()?;
-    Some(user + system)
+    Some((user, system))
 }
 
 /// Busy and total ticks of all CPUs from `/proc/stat` (busy excludes idle and iowait).
@@ -272,23 +272,26 @@ impl Watched {
         }
     }
 
-    fn ticks(&self) -> u64 {
-        self.pids.iter().filter_map(|pid| cpu_ticks(*pid)).sum()
+    fn ticks(&self) -> (u64, u64) {
+        self.pids
+            .iter()
+            .filter_map(|pid| cpu_ticks(*pid))
+            .fold((0, 0), |(user, system), (u, s)| (user + u, system + s))
     }
 }
 
 /// CPU time of watched processes and of the whole machine since [`CpuMeter::start`].
 pub struct CpuMeter {
     started: Instant,
-    watched: Vec<(Watched, u64)>,
+    watched: Vec<(Watched, (u64, u64))>,
     machine: Option<(u64, u64)>,
 }
 
 /// CPU use over a phase, in percent of one core (a 2-core machine tops out at 200).
 #[derive(Debug, Clone, Default)]
 pub struct CpuUsage {
-    /// Per watched label.
-    pub processes: Vec<(String, f64)>,
+    /// Per watched label: user + system, and system alone.
+    pub processes: Vec<(String, f64, f64)>,
     /// The whole machine, all processes.
     pub machine: f64,
     /// The whole machine's capacity (100 × cores).
@@ -298,16 +301,16 @@ pub struct CpuUsage {
 impl CpuUsage {
     /// Busy time not spent in any watched process: other users' load, the kernel, tools.
     pub fn others(&self) -> f64 {
-        let ours: f64 = self.processes.iter().map(|(_, percent)| percent).sum();
+        let ours: f64 = self.processes.iter().map(|(_, percent, _)| percent).sum();
         (self.machine - ours).max(0.0)
     }
 
-    /// One line: `nats 95% · sink 80% · … · other 12% · machine 187/200%`.
+    /// One line: `nats 95% (sys 20) · sink 80% (sys 10) · … · other 12% · machine 187/200%`.
     pub fn summary(&self) -> String {
         let mut parts: Vec<String> = self
             .processes
             .iter()
-            .map(|(label, percent)| format!("{label} {percent:.0}%"))
+            .map(|(label, percent, system)| format!("{label} {percent:.0}% (sys {system:.0})"))
             .collect();
         parts.push(format!("other {:.0}%", self.others()));
         parts.push(format!("machine {:.0}/{:.0}%", self.machine, self.capacity));
@@ -335,9 +338,15 @@ impl CpuMeter {
         let processes = self
             .watched
             .iter()
-            .map(|(watched, before)| {
-                let used = watched.ticks().saturating_sub(*before) as f64 / per_second;
-                (watched.label.clone(), 100.0 * used / seconds)
+            .map(|(watched, (user_before, system_before))| {
+                let (user, system) = watched.ticks();
+                let user = user.saturating_sub(*user_before) as f64 / per_second;
+                let system = system.saturating_sub(*system_before) as f64 / per_second;
+                (
+                    watched.label.clone(),
+                    100.0 * (user + system) / seconds,
+                    100.0 * system / seconds,
+                )
             })
             .collect();
         let capacity = 100.0 * cpu_count() as f64;

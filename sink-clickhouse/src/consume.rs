@@ -151,7 +151,17 @@ pub async fn consume_stream<O: StoredObservation>(
         event_stream_config(kind, &context.settings.streams),
     )
     .await?;
-    let consumer_config = consumer_config(kind, &context.settings);
+    let mut consumer_config = consumer_config(kind, &context.settings);
+    if consumer_config.filter_subject.is_empty() {
+        // nats-server cannot change a durable consumer's filter: one created by an earlier
+        // version with the whole-stream filter keeps it (correct, only slower).
+        if let Ok(existing) = stream
+            .consumer_info(&context.settings.consumer.durable_name)
+            .await
+        {
+            consumer_config.filter_subject = existing.config.filter_subject;
+        }
+    }
     let consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
     let watermark = retry(
         RetryPolicy::INSERT.named("watermark"),
@@ -161,11 +171,15 @@ pub async fn consume_stream<O: StoredObservation>(
     )
     .await
     .map_err(|error| database_error(kind, error))?;
+    let filter = match consumer_config.filter_subject.as_str() {
+        "" => "(whole stream)",
+        filter => filter,
+    };
     tracing::info!(
         kind = %kind,
         watermark,
         consumer = %context.settings.consumer.durable_name,
-        filter = %consumer_config.filter_subject,
+        filter,
         "consuming stream"
     );
 
@@ -199,7 +213,10 @@ fn consumer_config(kind: Kind, settings: &SinkSettings) -> consumer::pull::Confi
         description: Some(format!("sink-clickhouse: {kind} events into clickhouse")),
         filter_subject: match settings.consumer.partition {
             Some(partition) => kind.partition_filter(partition.index),
-            None => kind.subject_filter(),
+            // No filter: the stream holds only this kind's subjects, and nats-server 2.9 delivers
+            // about a quarter slower to a consumer whose filter merely repeats the stream's
+            // subject than to one without (measured by `bench`, see BENCHMARKS.md).
+            None => String::new(),
         },
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.consumer.ack_wait,
@@ -627,5 +644,41 @@ fn database_error(kind: Kind, error: RetryError<DatabaseError>) -> ConsumeError 
     match error {
         RetryError::Failed(source) => ConsumeError::Database { kind, source },
         RetryError::Cancelled => ConsumeError::Interrupted { kind },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    fn settings(args: &[&str]) -> SinkSettings {
+        let mut argv = vec!["sink-clickhouse", "run"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("parsed another command")
+        };
+        run.settings().unwrap()
+    }
+
+    #[test]
+    fn only_partitioned_consumers_filter() {
+        let whole = consumer_config(Kind::Wave, &settings(&[]));
+        assert_eq!(
+            whole.filter_subject, "",
+            "the stream holds only wave subjects"
+        );
+        let partitioned = consumer_config(
+            Kind::Wave,
+            &settings(&["--partitions", "4", "--partition", "2"]),
+        );
+        assert_eq!(partitioned.filter_subject, "nomadwave.wave.2.*");
+        assert_eq!(
+            partitioned.durable_name.as_deref(),
+            Some("sink-clickhouse-p2")
+        );
     }
 }
