@@ -92,7 +92,8 @@ pub struct Cli {
     #[arg(long, value_parser = key_value)]
     pub bridge_env: Vec<(String, String)>,
     /// Diagnosis only: run the sink under this command, e.g.
-    /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/sink.callgrind".
+    /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/sink.callgrind"; it must run the
+    /// sink in its own process (valgrind does, strace does not), or the sink is not stopped.
     #[arg(long)]
     pub sink_wrapper: Option<String>,
     /// Diagnosis only: run the bridge under this command.
@@ -302,7 +303,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let block = format!(
             "### Run of {} ({})\n\n- command: `{}`\n- wall time of the whole run: {:.1} min; child logs in `{}`\n{}\n{table}\nCPU per phase:\n\n{cpu}\n{details}",
             started_at.format("%Y-%m-%d %H:%M UTC"),
-            if cli.quick { "quick" } else { "full" },
+            run_kind(cli.quick, &plan.skip),
             command_line(),
             began.elapsed().as_secs_f64() / 60.0,
             logs.strip_prefix(test_support::workspace_root())
@@ -326,6 +327,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `full`, `quick`, or which phases a partial run left out.
+fn run_kind(quick: bool, skip: &[Phase]) -> String {
+    let size = if quick { "quick" } else { "full" };
+    if skip.is_empty() {
+        return size.to_owned();
+    }
+    let skipped: Vec<String> = skip
+        .iter()
+        .filter_map(|phase| phase.to_possible_value())
+        .map(|value| value.get_name().to_owned())
+        .collect();
+    format!("{size} sizes, partial: skipped {}", skipped.join(", "))
 }
 
 /// The command as typed, as near as can be told.

@@ -85,7 +85,17 @@ impl Machine {
             let versions: Vec<String> = self
                 .versions
                 .iter()
-                .map(|(name, version)| format!("{name} {version}"))
+                .map(|(name, version)| {
+                    // `nats-server --version` and friends print their own name first.
+                    if version
+                        .to_ascii_lowercase()
+                        .starts_with(&name.to_ascii_lowercase())
+                    {
+                        version.clone()
+                    } else {
+                        format!("{name} {version}")
+                    }
+                })
                 .collect();
             let _ = writeln!(text, "- versions: {}", versions.join(", "));
         }

@@ -459,3 +459,34 @@ pub fn add_run(path: &Path, block: &str) -> anyhow::Result<()> {
     };
     std::fs::write(path, updated).with_context(|| format!("cannot write {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(thousands(-12_345.0), "-12,345");
+        assert_eq!(thousands(f64::NAN), "n/a");
+    }
+
+    #[test]
+    fn runs_are_added_newest_first_and_the_rest_is_kept() {
+        let folder = std::env::temp_dir().join(format!("bench-report-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join("BENCHMARKS.md");
+        std::fs::write(&path, "# Benchmarks\n\nMethod text.\n").unwrap();
+        add_run(&path, "### Run A\n").unwrap();
+        add_run(&path, "### Run B\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&folder).unwrap();
+        let method = text.find("Method text.").unwrap();
+        let begin = text.find(RESULTS_BEGIN).unwrap();
+        let (a, b) = (text.find("Run A").unwrap(), text.find("Run B").unwrap());
+        let end = text.find(RESULTS_END).unwrap();
+        assert!(method < begin && begin < b && b < a && a < end, "{text}");
+    }
+}

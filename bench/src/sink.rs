@@ -303,3 +303,24 @@ async fn publish_steadily(
     }
     Ok((sent, started.elapsed().as_secs_f64()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let latency = Latency {
+            events: 100,
+            rate: 1.0,
+            seconds: 1.0,
+            unseen: 0,
+            sorted_ms: (1..=100).map(f64::from).collect(),
+            cpu: CpuUsage::default(),
+        };
+        assert_eq!(latency.quantile_ms(0.5), 50.0);
+        assert_eq!(latency.quantile_ms(0.99), 99.0);
+        assert_eq!(latency.quantile_ms(1.0), 100.0);
+        assert_eq!(latency.quantile_ms(0.0), 1.0);
+    }
+}
