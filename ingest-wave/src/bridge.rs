@@ -305,9 +305,11 @@ pub async fn run_bridge(args: &BridgeArgs, shutdown: CancellationToken) -> anyho
             _ => {}
         }
     }
-    if let Err(error) = client.flush().await {
-        tracing::warn!(%error, "flushing NATS at shutdown failed");
-    }
+    runtime::service::flush_before_exit(
+        &client,
+        "PUBACK-less messages stay with the broker and are redelivered",
+    )
+    .await;
     let _ = http.await;
     tracing::info!("stopped");
     Ok(())

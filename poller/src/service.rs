@@ -131,9 +131,11 @@ pub async fn run_service<F: Feed>(
             tracing::error!(%error, "a poll task ended abnormally");
         }
     }
-    if let Err(error) = client.flush().await {
-        tracing::warn!(%error, "flushing the NATS connection at shutdown failed");
-    }
+    runtime::service::flush_before_exit(
+        &client,
+        "nothing: every event was acknowledged before the cursor moved",
+    )
+    .await;
     let _ = http.await;
     tracing::info!("stopped");
     Ok(())

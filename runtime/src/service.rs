@@ -71,3 +71,22 @@ pub async fn start_service(
         jetstream,
     })
 }
+
+/// How long a process waits at exit for NATS to take its last messages.
+const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Flushes `client` before the process exits, waiting at most a few seconds: with the server
+/// gone, async-nats would otherwise wait for a reconnect forever and a SIGTERM would not end
+/// the process. What was not flushed is redelivered or republished later; `unsent` says what
+/// that means for this caller, in the warning.
+pub async fn flush_before_exit(client: &async_nats::Client, unsent: &str) {
+    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, unsent, "flushing NATS at exit failed"),
+        Err(_) => tracing::warn!(
+            timeout_s = FINAL_FLUSH_TIMEOUT.as_secs(),
+            unsent,
+            "NATS did not take the last messages in time; exiting anyway"
+        ),
+    }
+}

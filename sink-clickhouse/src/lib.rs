@@ -210,9 +210,11 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
             first_error.get_or_insert(error);
         }
     }
-    if let Err(error) = client.flush().await {
-        tracing::warn!(%error, "could not flush final acks; those messages will be redelivered and skipped");
-    }
+    runtime::service::flush_before_exit(
+        &client,
+        "final acks: those messages will be redelivered and skipped",
+    )
+    .await;
     shutdown.cancel();
     let _ = http.await;
     match first_error {

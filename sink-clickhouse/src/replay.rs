@@ -7,7 +7,6 @@
 //! their natural keys (site or zone, `observed_at`, source), each key hashed with SHA-256 and
 //! the first 8 bytes summed, so order does not matter.
 
-use std::collections::HashSet;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
@@ -320,7 +319,9 @@ async fn replay_kind<O: StoredObservation>(
     let pacing = Duration::from_secs_f64(1.0 / args.max_inserts_per_second);
     let mut last_insert: Option<Instant> = None;
     let mut batch: Vec<PendingRow<O::Row>> = Vec::with_capacity(args.batch_rows.min(1 << 20));
-    let mut seen: HashSet<u64> = HashSet::new();
+    // One bit per sequence from the first one requested: which ones were valid events of the
+    // replayed subjects (a set of u64 would cost ~30 bytes each on a long range).
+    let mut seen = SequenceSet::new(expected_first);
     let mut range: Option<Range> = None;
     loop {
         let next = tokio::select! {
@@ -401,27 +402,70 @@ async fn replay_kind<O: StoredObservation>(
     report.range = range;
 
     if let Some(range) = range {
-        let keys = retry(
-            RetryPolicy::INSERT.named("verify"),
-            &shutdown,
-            DatabaseError::class,
-            || database.natural_keys::<O>(range.first, range.last),
-        )
-        .await
-        .map_err(|error| match error {
-            RetryError::Failed(error) => anyhow::Error::new(error),
-            RetryError::Cancelled => anyhow::anyhow!("interrupted during verification"),
-        })?;
-        for (sequence, site, observed_at, source) in keys {
-            if seen.contains(&sequence) {
-                report.target.add(&site, observed_at, &source);
+        // In windows, so verification memory stays bounded however long the range is.
+        let mut window_first = range.first;
+        while window_first <= range.last {
+            let window_last = range
+                .last
+                .min(window_first.saturating_add(VERIFY_WINDOW - 1));
+            let keys = retry(
+                RetryPolicy::INSERT.named("verify"),
+                &shutdown,
+                DatabaseError::class,
+                || database.natural_keys::<O>(window_first, window_last),
+            )
+            .await
+            .map_err(|error| match error {
+                RetryError::Failed(error) => anyhow::Error::new(error),
+                RetryError::Cancelled => anyhow::anyhow!("interrupted during verification"),
+            })?;
+            for (sequence, site, observed_at, source) in keys {
+                if seen.contains(sequence) {
+                    report.target.add(&site, observed_at, &source);
+                }
             }
+            window_first = window_last.saturating_add(1);
         }
     }
-    if let Err(error) = client.flush().await {
-        tracing::warn!(%error, "flushing NATS failed");
-    }
+    runtime::service::flush_before_exit(&client, "nothing: the replay only reads").await;
     Ok(report)
+}
+
+/// Sequences per verification query.
+const VERIFY_WINDOW: u64 = 500_000;
+
+/// A set of stream sequences at or above `base`, one bit each.
+struct SequenceSet {
+    base: u64,
+    bits: Vec<u64>,
+}
+
+impl SequenceSet {
+    fn new(base: u64) -> SequenceSet {
+        SequenceSet {
+            base,
+            bits: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, sequence: u64) {
+        let Some(offset) = sequence.checked_sub(self.base) else {
+            return;
+        };
+        let word = (offset / 64) as usize;
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        self.bits[word] |= 1 << (offset % 64);
+    }
+
+    fn contains(&self, sequence: u64) -> bool {
+        sequence.checked_sub(self.base).is_some_and(|offset| {
+            self.bits
+                .get((offset / 64) as usize)
+                .is_some_and(|word| word & (1 << (offset % 64)) != 0)
+        })
+    }
 }
 
 async fn flush<O: StoredObservation>(
@@ -566,6 +610,25 @@ impl Progress {
                     "replay read done"
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_set_holds_exactly_what_was_inserted() {
+        let mut set = SequenceSet::new(1001);
+        for sequence in [1001, 1064, 1065, 2_000_000, 999] {
+            set.insert(sequence);
+        }
+        for present in [1001, 1064, 1065, 2_000_000] {
+            assert!(set.contains(present), "{present}");
+        }
+        for absent in [999, 1000, 1002, 1063, 1066, 1_999_999, 5_000_000] {
+            assert!(!set.contains(absent), "{absent}");
         }
     }
 }
