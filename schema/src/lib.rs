@@ -10,13 +10,17 @@
 //!   [`CarbonIntensity`]) and their validation;
 //! - [`event`]: the envelope ([`Event`]) with schema version, source, ingest time and id;
 //! - [`id`]: the deterministic [`EventId`];
+//! - [`members`]: how an observation's members sit in the flat event object;
+//! - [`timestamp`]: the fast path for reading and writing RFC 3339 UTC times;
 //! - [`dead_letter`]: header names used when a message is dead-lettered.
 
 pub mod dead_letter;
 pub mod event;
 pub mod id;
 pub mod kind;
+pub mod members;
 pub mod observation;
+pub mod timestamp;
 
 pub use event::{DecodeError, Event, MAX_EVENT_BYTES};
 pub use id::{ContentHasher, EventId};

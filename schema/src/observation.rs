@@ -12,10 +12,14 @@ use thiserror::Error;
 
 use crate::id::ContentHasher;
 use crate::kind::Kind;
+use crate::members::{observation_members, ObservationMembers};
 
 /// A measurement type that can travel in an [`Event`](crate::Event).
+///
+/// Its members sit next to the envelope's in the event's JSON object
+/// ([`ObservationMembers`]); the structs below get that from the `observation_members!` macro.
 pub trait Observation:
-    Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send + Sync
+    Serialize + DeserializeOwned + ObservationMembers + Clone + Debug + PartialEq + Send + Sync
 {
     /// The kind every event carrying this observation has.
     const KIND: Kind;
@@ -72,67 +76,73 @@ pub enum ValidationError {
     },
 }
 
-/// One wave buoy reading (IMOS/AODN or a Pi buoy).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WaveObservation {
-    /// Buoy site id.
-    pub site: String,
-    /// Time of the observation (RFC 3339, UTC).
-    pub observed_at: DateTime<Utc>,
-    /// Significant wave height, metres.
-    pub wave_height_m: Option<f64>,
-    /// Maximum wave height, metres.
-    pub wave_height_max_m: Option<f64>,
-    /// Peak wave period, seconds.
-    pub peak_period_s: Option<f64>,
-    /// Mean (zero-crossing) wave period, seconds.
-    pub mean_period_s: Option<f64>,
-    /// Direction waves come from, degrees true.
-    pub wave_direction_deg: Option<f64>,
-    /// Sea surface temperature, °C.
-    pub sea_temp_c: Option<f64>,
-    /// Latitude, decimal degrees.
-    pub lat: Option<f64>,
-    /// Longitude, decimal degrees.
-    pub lon: Option<f64>,
+observation_members! {
+    /// One wave buoy reading (IMOS/AODN or a Pi buoy).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct WaveObservation {
+        /// Buoy site id.
+        pub site: String,
+        /// Time of the observation (RFC 3339, UTC).
+        pub observed_at: DateTime<Utc>,
+        /// Significant wave height, metres.
+        pub wave_height_m: Option<f64>,
+        /// Maximum wave height, metres.
+        pub wave_height_max_m: Option<f64>,
+        /// Peak wave period, seconds.
+        pub peak_period_s: Option<f64>,
+        /// Mean (zero-crossing) wave period, seconds.
+        pub mean_period_s: Option<f64>,
+        /// Direction waves come from, degrees true.
+        pub wave_direction_deg: Option<f64>,
+        /// Sea surface temperature, °C.
+        pub sea_temp_c: Option<f64>,
+        /// Latitude, decimal degrees.
+        pub lat: Option<f64>,
+        /// Longitude, decimal degrees.
+        pub lon: Option<f64>,
+    }
 }
 
-/// One weather station reading (Bureau of Meteorology, rtl_433 station).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WeatherObservation {
-    /// Station id.
-    pub site: String,
-    /// Time of the observation (RFC 3339, UTC).
-    pub observed_at: DateTime<Utc>,
-    /// Mean wind speed, m/s.
-    pub wind_speed_ms: Option<f64>,
-    /// Wind gust, m/s.
-    pub wind_gust_ms: Option<f64>,
-    /// Direction the wind comes from, degrees true.
-    pub wind_direction_deg: Option<f64>,
-    /// Air temperature, °C.
-    pub air_temp_c: Option<f64>,
-    /// Pressure, hPa.
-    pub pressure_hpa: Option<f64>,
-    /// Relative humidity, percent.
-    pub rel_humidity_pct: Option<f64>,
-    /// Swell height, metres.
-    pub swell_height_m: Option<f64>,
-    /// Swell period, seconds.
-    pub swell_period_s: Option<f64>,
+observation_members! {
+    /// One weather station reading (Bureau of Meteorology, rtl_433 station).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct WeatherObservation {
+        /// Station id.
+        pub site: String,
+        /// Time of the observation (RFC 3339, UTC).
+        pub observed_at: DateTime<Utc>,
+        /// Mean wind speed, m/s.
+        pub wind_speed_ms: Option<f64>,
+        /// Wind gust, m/s.
+        pub wind_gust_ms: Option<f64>,
+        /// Direction the wind comes from, degrees true.
+        pub wind_direction_deg: Option<f64>,
+        /// Air temperature, °C.
+        pub air_temp_c: Option<f64>,
+        /// Pressure, hPa.
+        pub pressure_hpa: Option<f64>,
+        /// Relative humidity, percent.
+        pub rel_humidity_pct: Option<f64>,
+        /// Swell height, metres.
+        pub swell_height_m: Option<f64>,
+        /// Swell period, seconds.
+        pub swell_period_s: Option<f64>,
+    }
 }
 
-/// Carbon intensity of a grid zone's electricity (Electricity Maps).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CarbonIntensity {
-    /// Grid zone id, e.g. `DK-DK2`.
-    pub zone: String,
-    /// Start of the hour or instant the value describes (RFC 3339, UTC).
-    pub observed_at: DateTime<Utc>,
-    /// Life-cycle carbon intensity, gCO2eq/kWh.
-    pub carbon_intensity_g_per_kwh: f64,
-    /// Whether the source marks the value as an estimate; `None` when it does not say.
-    pub is_estimated: Option<bool>,
+observation_members! {
+    /// Carbon intensity of a grid zone's electricity (Electricity Maps).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct CarbonIntensity {
+        /// Grid zone id, e.g. `DK-DK2`.
+        pub zone: String,
+        /// Start of the hour or instant the value describes (RFC 3339, UTC).
+        pub observed_at: DateTime<Utc>,
+        /// Life-cycle carbon intensity, gCO2eq/kWh.
+        pub carbon_intensity_g_per_kwh: f64,
+        /// Whether the source marks the value as an estimate; `None` when it does not say.
+        pub is_estimated: Option<bool>,
+    }
 }
 
 impl Observation for WaveObservation {

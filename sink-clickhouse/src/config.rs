@@ -24,6 +24,9 @@ pub const DEFAULT_INSERT_TIMEOUT: &str = "30s";
 pub const DEFAULT_ACK_WAIT: &str = "60s";
 /// Default durable consumer name.
 pub const DEFAULT_CONSUMER: &str = "sink-clickhouse";
+/// Default lease time: a sink that cannot renew its consumer lease for this long stops acking,
+/// and another instance takes the consumer over after one and a half times this.
+pub const DEFAULT_LEASE_TTL: &str = "10s";
 /// ClickHouse's default `max_insert_block_size`; a batch must stay below it to be one block.
 pub const MAX_INSERT_BLOCK_SIZE: usize = 1_048_576;
 
@@ -98,6 +101,14 @@ pub struct ConsumerArgs {
     /// The partition this instance consumes, 0-based [default: $NOMAD_ALLOC_INDEX].
     #[arg(long, env = "SINK_PARTITION")]
     pub partition: Option<u32>,
+    /// How long the consumer lease lasts without renewal (only one sink at a time may ack a
+    /// consumer; a second one waits as a standby).
+    #[arg(long, env = "SINK_LEASE_TTL", default_value = DEFAULT_LEASE_TTL, value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// Who holds the lease; a restart with the same id takes its lease back at once
+    /// [default: $NOMAD_ALLOC_ID, else hostname:pid].
+    #[arg(long, env = "SINK_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 /// The share of the subjects one sink instance consumes.
@@ -213,6 +224,10 @@ pub struct ConsumerSettings {
     pub drain_timeout: Duration,
     /// The partition this instance consumes; `None` reads every subject.
     pub partition: Option<Partition>,
+    /// Lease time of the consumer lease.
+    pub lease_ttl: Duration,
+    /// This instance's name in the consumer lease.
+    pub instance_id: String,
 }
 
 impl ClickHouseSettings {
@@ -308,6 +323,19 @@ impl SinkSettings {
             ));
         }
         check_durable_name(&consumer.consumer)?;
+        if consumer.lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "--lease-ttl/SINK_LEASE_TTL",
+                format!(
+                    "{} is below the minimum of 1s",
+                    humantime::format_duration(consumer.lease_ttl)
+                ),
+            ));
+        }
+        let instance_id = instance_id(
+            consumer.instance_id.as_deref(),
+            std::env::var("NOMAD_ALLOC_ID").ok().as_deref(),
+        );
         let alloc_index = std::env::var("NOMAD_ALLOC_INDEX").ok();
         let partition = Partition::from_args(consumer, alloc_index.as_deref())?;
         let mut kinds = Vec::new();
@@ -346,9 +374,30 @@ impl SinkSettings {
                 ack_wait: consumer.ack_wait,
                 max_ack_pending,
                 drain_timeout: consumer.drain_timeout,
+                lease_ttl: consumer.lease_ttl,
+                instance_id,
             },
             streams: streams.policy(),
         })
+    }
+}
+
+/// The lease holder name: the flag, else the Nomad allocation (a restarted task of the same
+/// allocation takes its lease back at once), else this host and process.
+fn instance_id(flag: Option<&str>, nomad_alloc_id: Option<&str>) -> String {
+    let given = [flag, nomad_alloc_id]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|id| !id.is_empty());
+    match given {
+        Some(id) => id.to_owned(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_else(|_| "unknown-host".to_owned());
+            format!("{host}:{}", std::process::id())
+        }
     }
 }
 
@@ -434,5 +483,14 @@ mod tests {
             "--clickhouse-password-file/CLICKHOUSE_PASSWORD_FILE",
         );
         check_rejected(&["--nats-url", "localhost"], "--nats-url/NATS_URL");
+        check_rejected(&["--lease-ttl", "500ms"], "--lease-ttl/SINK_LEASE_TTL");
+    }
+
+    #[test]
+    fn instance_id_prefers_flag_then_nomad_allocation_then_process() {
+        assert_eq!(instance_id(Some("blue"), Some("alloc-1")), "blue");
+        assert_eq!(instance_id(Some(" "), Some("alloc-1")), "alloc-1");
+        let own = instance_id(None, None);
+        assert!(own.ends_with(&format!(":{}", std::process::id())), "{own}");
     }
 }

@@ -15,7 +15,16 @@
 //!    INSERT is retried forever and the batch's messages get progress acks, so JetStream
 //!    neither redelivers them nor lets them go;
 //! 4. an INSERT whose outcome is unknown is never blindly repeated: the retry first waits for
-//!    the server to finish the old query, then re-checks which sequences landed.
+//!    the server to finish the old query, then re-checks which sequences landed;
+//! 5. consumers this version creates use `AckPolicy::All`, and a batch is acked by acking its
+//!    highest sequence, which acks every earlier message of the consumer. That is exact
+//!    because (a) the writer settles batches one at a time in delivery order, so every message
+//!    first delivered before that sequence is in this batch or an earlier one; (b) only the
+//!    holder of the consumer's lease ([`crate::lease`]) acks; (c) before its first ack, a new
+//!    holder re-reads and settles (with the exact check) every message its predecessor left
+//!    un-acked, the range between the consumer's ack floor and its last delivered sequence.
+//!    A consumer created by an earlier version keeps `AckPolicy::Explicit` (nats-server cannot
+//!    change it) and gets every message acked.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -36,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{BatchPolicy, SinkSettings};
 use crate::database::{Database, DatabaseError};
 use crate::events;
+use crate::lease::{ConsumerLease, LeaseError};
 use crate::rows::StoredObservation;
 
 /// What the sink shares between its per-stream tasks.
@@ -50,6 +60,19 @@ pub struct SinkContext {
     pub health: Health,
     /// Fired when the drain timeout expires: interrupts endless retries.
     pub hard_stop: CancellationToken,
+    /// The lease that makes this process the only one acking the consumer.
+    pub lease: Arc<ConsumerLease>,
+}
+
+/// How a settled batch is acknowledged; follows the consumer's own ack policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// `AckPolicy::All` (consumers this version creates): one ack, of the highest sequence.
+    HighestOfBatch,
+    /// `AckPolicy::Explicit` (consumers created by earlier versions): every message.
+    EachMessage,
+    /// Recovery reads through an ordered consumer: nothing to acknowledge.
+    Nothing,
 }
 
 /// Why a stream's loop stopped.
@@ -85,6 +108,22 @@ pub enum ConsumeError {
         stream: &'static str,
         /// Consumer name.
         consumer: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The consumer lease lapsed or was taken over: acking could ack another sink's messages.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// Messages a previous instance left un-acked could not be re-read.
+    #[error("cannot re-read {stream} sequences {first}..={last} left un-acked by a previous sink; retry after checking the stream")]
+    Recovery {
+        /// Stream name.
+        stream: &'static str,
+        /// First sequence of the range.
+        first: u64,
+        /// Last sequence of the range.
+        last: u64,
         /// The client's error.
         #[source]
         source: async_nats::Error,
@@ -152,17 +191,25 @@ pub async fn consume_stream<O: StoredObservation>(
     )
     .await?;
     let mut consumer_config = consumer_config(kind, &context.settings);
-    if consumer_config.filter_subject.is_empty() {
-        // nats-server cannot change a durable consumer's filter: one created by an earlier
-        // version with the whole-stream filter keeps it (correct, only slower).
-        if let Ok(existing) = stream
-            .consumer_info(&context.settings.consumer.durable_name)
-            .await
-        {
+    // nats-server cannot change a durable consumer's filter or ack policy: one created by an
+    // earlier version keeps its whole-stream filter and explicit acks (correct, only slower).
+    if let Ok(existing) = stream
+        .consumer_info(&context.settings.consumer.durable_name)
+        .await
+    {
+        if consumer_config.filter_subject.is_empty() {
             consumer_config.filter_subject = existing.config.filter_subject;
         }
+        consumer_config.ack_policy = existing.config.ack_policy;
     }
-    let consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
+    let mut consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
+    let ack_mode = match consumer_config.ack_policy {
+        consumer::AckPolicy::All => AckMode::HighestOfBatch,
+        _ => AckMode::EachMessage,
+    };
+    if ack_mode == AckMode::HighestOfBatch {
+        recover_unacked::<O>(&context, &stream, &mut consumer, &consumer_config).await?;
+    }
     let watermark = retry(
         RetryPolicy::INSERT.named("watermark"),
         &context.hard_stop,
@@ -180,11 +227,17 @@ pub async fn consume_stream<O: StoredObservation>(
         watermark,
         consumer = %context.settings.consumer.durable_name,
         filter,
+        ?ack_mode,
         "consuming stream"
     );
 
     let (batches, received) = mpsc::channel::<Batch>(1);
-    let writer = tokio::spawn(write_batches::<O>(context.clone(), received, watermark));
+    let writer = tokio::spawn(write_batches::<O>(
+        context.clone(),
+        received,
+        watermark,
+        ack_mode,
+    ));
     let collected = collect_batches(
         &context,
         kind,
@@ -218,7 +271,8 @@ fn consumer_config(kind: Kind, settings: &SinkSettings) -> consumer::pull::Confi
             // subject than to one without (measured by `bench`, see BENCHMARKS.md).
             None => String::new(),
         },
-        ack_policy: consumer::AckPolicy::Explicit,
+        // One ack per batch (module docs, rule 5); an existing consumer keeps its own policy.
+        ack_policy: consumer::AckPolicy::All,
         ack_wait: settings.consumer.ack_wait,
         max_ack_pending: settings.consumer.max_ack_pending as i64,
         // Never give up on a message: an observation that cannot be written waits.
@@ -378,10 +432,102 @@ async fn write_batches<O: StoredObservation>(
     context: Arc<SinkContext>,
     mut received: mpsc::Receiver<Batch>,
     watermark: u64,
+    ack_mode: AckMode,
 ) -> Result<(), ConsumeError> {
     while let Some(batch) = received.recv().await {
-        write_batch::<O>(&context, batch, watermark).await?;
+        write_batch::<O>(&context, batch, watermark, ack_mode).await?;
     }
+    Ok(())
+}
+
+/// Settles, before anything is acked, every message a previous holder of the consumer left
+/// un-acked: under `AckPolicy::All` the first ack would otherwise ack them unwritten. They are
+/// the consumer's messages between its ack floor and its last delivered sequence; they are read
+/// again through an ordered consumer with the same filter and written with the exact check, so
+/// the ones already in the table are skipped.
+async fn recover_unacked<O: StoredObservation>(
+    context: &Arc<SinkContext>,
+    stream: &jetstream::stream::Stream,
+    consumer: &mut consumer::PullConsumer,
+    consumer_config: &consumer::pull::Config,
+) -> Result<(), ConsumeError> {
+    let kind = O::KIND;
+    let info = consumer
+        .info()
+        .await
+        .map_err(|error| ConsumeError::Pull {
+            stream: kind.stream_name(),
+            consumer: context.settings.consumer.durable_name.clone(),
+            source: error.into(),
+        })?
+        .clone();
+    if info.num_ack_pending == 0 {
+        return Ok(());
+    }
+    let first = info.ack_floor.stream_sequence + 1;
+    let last = info.delivered.stream_sequence;
+    let recovery_error = |source: async_nats::Error| ConsumeError::Recovery {
+        stream: kind.stream_name(),
+        first,
+        last,
+        source,
+    };
+    tracing::info!(
+        kind = %kind,
+        un_acked = info.num_ack_pending,
+        first,
+        last,
+        "a previous sink left messages un-acked; re-reading them before the first ack"
+    );
+    // An ephemeral consumer read with no-wait fetches: an empty fetch means nothing more.
+    let reader = stream
+        .create_consumer(consumer::pull::Config {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: first,
+            },
+            filter_subject: consumer_config.filter_subject.clone(),
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(60),
+            description: Some(format!(
+                "sink-clickhouse: re-reading {kind} sequences {first}..={last}"
+            )),
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| recovery_error(error.into()))?;
+    let policy = context.settings.batch;
+    let mut batch = Batch::new();
+    let mut read = 0_u64;
+    'fetching: loop {
+        let mut fetched = reader
+            .fetch()
+            .max_messages(policy.max_rows.clamp(1, 10_000))
+            .messages()
+            .await
+            .map_err(|error| recovery_error(error.into()))?;
+        let mut got_any = false;
+        while let Some(message) = fetched.next().await {
+            let message = message.map_err(&recovery_error)?;
+            let Ok(meta) = message.info() else { continue };
+            got_any = true;
+            if meta.stream_sequence > last {
+                break 'fetching;
+            }
+            read += 1;
+            batch.push(message);
+            if batch.is_full(&policy) {
+                write_batch::<O>(context, batch.take(), u64::MAX, AckMode::Nothing).await?;
+            }
+        }
+        if !got_any {
+            break;
+        }
+    }
+    if !batch.messages.is_empty() {
+        write_batch::<O>(context, batch.take(), u64::MAX, AckMode::Nothing).await?;
+    }
+    let _ = stream.delete_consumer(&reader.cached_info().name).await;
+    events::recovered(kind, read, first, last);
     Ok(())
 }
 
@@ -396,6 +542,7 @@ async fn write_batch<O: StoredObservation>(
     context: &Arc<SinkContext>,
     batch: Batch,
     watermark: u64,
+    ack_mode: AckMode,
 ) -> Result<(), ConsumeError> {
     let kind = O::KIND;
     let mut rows = Vec::with_capacity(batch.messages.len());
@@ -429,10 +576,29 @@ async fn write_batch<O: StoredObservation>(
     let already_applied = rows.len() - written.len();
     // Every message is settled (inserted, already present, or safely dead-lettered): ack all.
     let mut ack_failures = 0_usize;
-    for message in &batch.messages {
-        if message.ack().await.is_err() {
-            ack_failures += 1;
+    match ack_mode {
+        AckMode::EachMessage => {
+            for message in &batch.messages {
+                if message.ack().await.is_err() {
+                    ack_failures += 1;
+                }
+            }
         }
+        AckMode::HighestOfBatch => {
+            // Acks every earlier message of the consumer too (module docs, rule 5).
+            let highest = batch
+                .messages
+                .iter()
+                .filter_map(|message| Some((message.info().ok()?.stream_sequence, message)))
+                .max_by_key(|(sequence, _)| *sequence);
+            if let Some((_, message)) = highest {
+                context.lease.ready_to_ack(&context.hard_stop).await?;
+                if message.ack().await.is_err() {
+                    ack_failures += batch.messages.len();
+                }
+            }
+        }
+        AckMode::Nothing => {}
     }
     if ack_failures > 0 {
         tracing::warn!(kind = %kind, ack_failures, "acks not sent; those messages will be redelivered and skipped by the check");

@@ -10,6 +10,10 @@
 //! - `nomadwave_retries_total{operation}` (from `runtime::retry`)
 //! - `nomadwave_sink_consumer_pending{kind}` (gauge)
 //! - `nomadwave_sink_last_insert_timestamp_seconds{kind}` (gauge)
+//! - `nomadwave_sink_lease_held{consumer}` (gauge: 1 while this instance may ack the consumer,
+//!   0 while it waits as a standby)
+//! - `nomadwave_sink_recovered_total{kind}` (messages a previous instance left un-acked, re-read
+//!   and checked at startup)
 
 use std::time::Duration;
 
@@ -65,6 +69,28 @@ pub fn consumer_pending(kind: Kind, pending: u64) {
     metrics::gauge!("nomadwave_sink_consumer_pending", "kind" => kind.as_str()).set(pending as f64);
 }
 
+/// Whether this instance holds the lease on `consumer` (and so may ack it).
+pub fn lease_held(consumer: &str, held: bool) {
+    metrics::gauge!("nomadwave_sink_lease_held", "consumer" => consumer.to_owned()).set(if held {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// Messages a previous instance left un-acked were re-read and settled before acking anything.
+pub fn recovered(kind: Kind, messages: u64, first: u64, last: u64) {
+    metrics::counter!("nomadwave_sink_recovered_total", "kind" => kind.as_str())
+        .increment(messages);
+    tracing::info!(
+        kind = kind.as_str(),
+        messages,
+        first,
+        last,
+        "re-read messages a previous instance left un-acked; each was checked against the table"
+    );
+}
+
 /// Makes every sink metric appear on `/metrics` from startup, at zero.
 pub fn register(kind: Kind) {
     let label = kind.as_str();
@@ -72,4 +98,5 @@ pub fn register(kind: Kind) {
     metrics::counter!("nomadwave_sink_batches_total", "kind" => label).absolute(0);
     metrics::counter!("nomadwave_sink_redeliveries_skipped_total", "kind" => label).absolute(0);
     metrics::gauge!("nomadwave_sink_consumer_pending", "kind" => label).set(0.0);
+    metrics::counter!("nomadwave_sink_recovered_total", "kind" => label).absolute(0);
 }

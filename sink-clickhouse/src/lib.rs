@@ -15,6 +15,7 @@ pub mod config;
 pub mod consume;
 pub mod database;
 pub mod events;
+pub mod lease;
 pub mod replay;
 pub mod rows;
 
@@ -29,8 +30,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BatchArgs, ClickHouseArgs, ClickHouseSettings, ConsumerArgs, SinkSettings};
-use crate::consume::{consume_stream, SinkContext};
+use crate::consume::{consume_stream, ConsumeError, SinkContext};
 use crate::database::Database;
+use crate::lease::{ConsumerLease, LeaseError};
 
 /// Command line of `sink-clickhouse`.
 #[derive(Debug, Parser)]
@@ -165,6 +167,26 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
     database.migrate().await?;
     health.set_ready("clickhouse");
 
+    // Only one sink acks a consumer at a time; a second one waits here as a standby.
+    let lease = match ConsumerLease::acquire(
+        &jetstream,
+        &settings.consumer.durable_name,
+        &settings.consumer.instance_id,
+        settings.consumer.lease_ttl,
+        &shutdown,
+    )
+    .await
+    {
+        Ok(lease) => Arc::new(lease),
+        Err(LeaseError::Cancelled { .. }) => {
+            tracing::info!("stopped while waiting as a standby; exiting");
+            shutdown.cancel();
+            let _ = http.await;
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    };
+
     let drain_timeout = settings.consumer.drain_timeout;
     let hard_stop = CancellationToken::new();
     let context = Arc::new(SinkContext {
@@ -173,9 +195,18 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
         settings: settings.clone(),
         health,
         hard_stop: hard_stop.clone(),
+        lease: lease.clone(),
     });
     // A failing stream stops the others too, so the process exits and is restarted whole.
     let streams_shutdown = shutdown.child_token();
+    {
+        // A lost lease stops consuming at once: another sink now acks this consumer.
+        let (lost, streams_shutdown) = (lease.lost(), streams_shutdown.clone());
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            streams_shutdown.cancel();
+        });
+    }
     let mut tasks = JoinSet::new();
     for kind in &settings.consumer.kinds {
         let context = context.clone();
@@ -215,6 +246,16 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
         "final acks: those messages will be redelivered and skipped",
     )
     .await;
+    if lease.lost().is_cancelled() {
+        first_error.get_or_insert_with(|| {
+            ConsumeError::Lease(LeaseError::Lost {
+                key: settings.consumer.durable_name.clone(),
+                holder: "another sink".to_owned(),
+            })
+        });
+    } else {
+        lease.release().await;
+    }
     shutdown.cancel();
     let _ = http.await;
     match first_error {

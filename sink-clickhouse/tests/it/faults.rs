@@ -57,7 +57,10 @@ fn sink_sigkilled_repeatedly_during_200k_ingest_writes_each_event_once() {
     let mut rng = rand::rng();
     let mut kills = 0;
     let started = Instant::now();
-    let mut sink = pipeline.spawn_sink(SMALL_BATCHES);
+    // The same instance id each time, as a task restarted in its Nomad allocation has: the
+    // restart takes the lease back at once and first re-reads what its predecessor left un-acked.
+    let flags = [SMALL_BATCHES, &["--instance-id", "sigkill-test"]].concat();
+    let mut sink = pipeline.spawn_sink(&flags);
     // Kill while rows are still arriving, at random moments, at least five times.
     while kills < 8 {
         std::thread::sleep(Duration::from_millis(rng.random_range(400..2500)));
@@ -69,7 +72,7 @@ fn sink_sigkilled_repeatedly_during_200k_ingest_writes_each_event_once() {
         let _ = sink.child.wait();
         kills += 1;
         eprintln!("kill {kills} at {rows} rows after {:?}", started.elapsed());
-        sink = pipeline.spawn_sink(SMALL_BATCHES);
+        sink = pipeline.spawn_sink(&flags);
     }
     assert!(kills >= 5, "the sink was killed {kills} times");
     let report = finish_publish(publisher);

@@ -11,6 +11,7 @@ mod config;
 mod dead_letters;
 mod delivery;
 mod faults;
+mod lease;
 mod partitions;
 mod replay;
 
@@ -66,6 +67,8 @@ impl Pipeline {
             .env("CLICKHOUSE_URL", self.clickhouse.http_url())
             .env("CLICKHOUSE_DATABASE", &self.database)
             .env("NOMADWAVE_DUPLICATE_WINDOW", self.duplicate_window)
+            // A SIGKILLed sink's lease lapses after 1.5 × 2 s, so restarts in tests wait little.
+            .env("SINK_LEASE_TTL", "2s")
             .env("RUST_LOG", "info");
     }
 

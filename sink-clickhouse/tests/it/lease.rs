@@ -1,0 +1,168 @@
+//! One sink acks a consumer at a time: a second one waits as a standby, takes over when the
+//! first stops renewing its lease, and the first, if it comes back, stops instead of acking.
+//! Consumers created by an earlier version keep explicit acks.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{self, AckPolicy};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use test_support::probe::{http_get, metric_value};
+
+use crate::faults::assert_exact;
+use crate::{finish_publish, Pipeline, Sink};
+
+const FLAGS: &[&str] = &[
+    "--batch-rows",
+    "5000",
+    "--flush-interval",
+    "250ms",
+    "--ack-wait",
+    "20s",
+    "--insert-timeout",
+    "3s",
+];
+
+fn metric(sink: &Sink, name: &str, labels: &str) -> Option<f64> {
+    let (_, page) = http_get(sink.http_port, "/metrics")?;
+    page.lines()
+        .any(|line| line.starts_with(name) && line.contains(labels))
+        .then(|| metric_value(&page, name, labels))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn consumer_info(pipeline: &Pipeline, name: &str) -> consumer::Info {
+    let url = pipeline.nats.url();
+    let name = name.to_owned();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            let jetstream = async_nats::jetstream::new(client);
+            let stream = jetstream.get_stream("WAVE").await.unwrap();
+            stream.consumer_info(name).await.unwrap()
+        })
+}
+
+#[test]
+fn standby_takes_over_a_frozen_sink_which_then_stops_without_acking() {
+    let pipeline = Pipeline::start("lease");
+    // A backlog, so the holder is frozen with deliveries in hand (up to 3 batches un-acked).
+    let total: u64 = 200_000;
+    let publisher = pipeline.spawn_publish(&[
+        "--kind",
+        "wave",
+        "--count",
+        &total.to_string(),
+        "--sites",
+        "20",
+    ]);
+    let first_flags = [FLAGS, &["--instance-id", "first"]].concat();
+    let mut first = pipeline.spawn_sink(&first_flags);
+    wait_for("the first sink's rows", Duration::from_secs(60), || {
+        metric(&first, "nomadwave_sink_rows_written_total", "kind=\"wave\"").unwrap_or(0.0) > 0.0
+    });
+    let second_flags = [FLAGS, &["--instance-id", "second"]].concat();
+    let second = pipeline.spawn_sink(&second_flags);
+    let lease_metric = "nomadwave_sink_lease_held";
+    let labels = "consumer=\"sink-clickhouse\"";
+    wait_for("the standby's lease gauge", Duration::from_secs(30), || {
+        metric(&second, lease_metric, labels) == Some(0.0)
+    });
+    assert_eq!(metric(&first, lease_metric, labels), Some(1.0));
+
+    // Freeze the holder with deliveries in hand: it can neither write, ack nor renew.
+    let rows_at_freeze = pipeline.count("wave_observations");
+    kill(Pid::from_raw(first.child.id() as i32), Signal::SIGSTOP).unwrap();
+    let frozen = Instant::now();
+    wait_for("the standby to take over", Duration::from_secs(30), || {
+        metric(&second, lease_metric, labels) == Some(1.0)
+    });
+    let took_over = frozen.elapsed();
+    // 1.5 lease times after the holder's last renewal, which came at most a quarter lease
+    // (0.5 s) before the freeze.
+    assert!(
+        took_over >= Duration::from_millis(2500),
+        "took over after {took_over:?}, before 1.5 lease times (3 s) without renewal"
+    );
+    wait_for("the standby to re-read", Duration::from_secs(30), || {
+        metric(&second, "nomadwave_sink_recovered_total", "kind=\"wave\"").unwrap_or(0.0) > 0.0
+    });
+    let recovered = metric(&second, "nomadwave_sink_recovered_total", "kind=\"wave\"");
+
+    // Thawed, the old holder finds its lease gone and exits instead of acking.
+    kill(Pid::from_raw(first.child.id() as i32), Signal::SIGCONT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = first.child.try_wait().expect("poll the thawed sink") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the thawed sink kept running without its lease"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        !status.success(),
+        "a sink that lost its lease exits non-zero"
+    );
+
+    let report = finish_publish(publisher);
+    assert_eq!(report["distinct_valid"], total);
+    assert_exact(&pipeline, "wave_observations", total);
+    let info = consumer_info(&pipeline, "sink-clickhouse");
+    assert_eq!(info.config.ack_policy, AckPolicy::All);
+    assert_eq!(info.num_ack_pending, 0, "everything acked at the end");
+    eprintln!(
+        "lease test: froze at {rows_at_freeze} rows, standby took over after {took_over:?}, re-read {recovered:?} un-acked messages"
+    );
+}
+
+#[test]
+fn consumer_created_with_explicit_acks_keeps_them_and_every_event_lands_once() {
+    let pipeline = Pipeline::start("explicit-consumer");
+    let url = pipeline.nats.url();
+    // As an earlier version of the sink created it (streams are declared by the publisher).
+    let publisher =
+        pipeline.spawn_publish(&["--kind", "wave", "--count", "20000", "--sites", "10"]);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            let jetstream = async_nats::jetstream::new(client);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let stream = loop {
+                if let Ok(stream) = jetstream.get_stream("WAVE").await {
+                    break stream;
+                }
+                assert!(Instant::now() < deadline, "WAVE stream never appeared");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            stream
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some("sink-clickhouse".into()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(60),
+                    max_ack_pending: 150_000,
+                    max_deliver: -1,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        });
+    let _sink = pipeline.spawn_sink(FLAGS);
+    let report = finish_publish(publisher);
+    assert_eq!(report["distinct_valid"], 20_000);
+    assert_exact(&pipeline, "wave_observations", 20_000);
+    let info = consumer_info(&pipeline, "sink-clickhouse");
+    assert_eq!(info.config.ack_policy, AckPolicy::Explicit);
+    assert_eq!(info.num_ack_pending, 0, "every message acked");
+}
