@@ -8,8 +8,9 @@
 #   "nomadwave.wave.*": "nomadwave.wave.{{partition(4,1)}}.{{wildcard(1)}}"
 # Allocation N (NOMAD_ALLOC_INDEX, 0..partitions-1) consumes partition N with its own durable
 # consumer (sink-clickhouse-pN), so the watermark is kept per partition. An update's canary or a
-# replacement takes the index of the allocation it replaces and shares that consumer; the sink's
-# per-sequence redelivery check keeps every row single. Run this job or sink-clickhouse.nomad.hcl,
+# replacement takes the index of the allocation it replaces and so the same consumer: it waits as
+# a standby (ready, nomadwave_sink_lease_held 0) until the old allocation stops and releases the
+# consumer lease, then re-reads what was left un-acked and carries on. Run this job or sink-clickhouse.nomad.hcl,
 # not both. Changing `partitions` needs the server mapping changed with it.
 # The ClickHouse password comes from Vault (KV v2) through a template; see README "Nomad".
 # deploy-checks/tests/jobs.rs checks this file against the binary's --help.
@@ -177,6 +178,8 @@ job "sink-clickhouse-partitioned" {
         HTTP_LISTEN              = "0.0.0.0:9464"
         LOG_FORMAT               = "json"
         RUST_BACKTRACE           = "1"
+        # glibc arenas: peak RSS stays flat as volume grows (BENCHMARKS.md, "Memory").
+        MALLOC_ARENA_MAX         = "2"
       }
 
       # Longer than the sink's drain timeout (SINK_DRAIN_TIMEOUT, 30s), so a stop lets the last

@@ -157,6 +157,8 @@ job "sink-clickhouse-replay" {
         REPLAY_PROGRESS          = "log"
         LOG_FORMAT               = "json"
         RUST_BACKTRACE           = "1"
+        # glibc arenas: peak RSS stays flat as volume grows (BENCHMARKS.md, "Memory").
+        MALLOC_ARENA_MAX         = "2"
       }
 
       kill_timeout = "45s"

@@ -3,8 +3,9 @@
 #   nomad job run -var image_repository=registry.example/nomadwave-ingest -var image_tag=0.1.0 \
 #     jobs/sink-clickhouse.nomad.hcl
 #
-# One durable consumer per stream ("sink-clickhouse"); a second allocation (the canary of an update)
-# shares it, and the sink's per-sequence redelivery check keeps every row single. For more than one
+# One durable consumer per stream ("sink-clickhouse"), acked by one sink at a time: a second
+# allocation (the canary of an update) waits as a standby until the old one stops and releases the
+# consumer lease, then re-reads what was left un-acked and carries on. For more than one
 # instance's throughput use sink-clickhouse-partitioned.nomad.hcl instead, not a higher count here.
 # The ClickHouse password comes from Vault (KV v2) through a template; see README "Nomad".
 # deploy-checks/tests/jobs.rs checks this file against the binary's --help.
@@ -164,6 +165,8 @@ job "sink-clickhouse" {
         HTTP_LISTEN              = "0.0.0.0:9464"
         LOG_FORMAT               = "json"
         RUST_BACKTRACE           = "1"
+        # glibc arenas: peak RSS stays flat as volume grows (BENCHMARKS.md, "Memory").
+        MALLOC_ARENA_MAX         = "2"
       }
 
       # Longer than the sink's drain timeout (SINK_DRAIN_TIMEOUT, 30s), so a stop lets the last

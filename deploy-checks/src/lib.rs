@@ -32,10 +32,16 @@ pub const OUR_BINARIES: [&str; 5] = [
 /// Variables our services may set although no `--help` names them, because the Rust runtime reads them, not clap.
 ///
 /// `RUST_LOG` is not here: it is the `--log-filter` flag's variable and so appears in `--help`.
-pub const RUNTIME_VARIABLES: [(&str, &str); 1] = [(
-    "RUST_BACKTRACE",
-    "read by the standard library when a thread panics",
-)];
+pub const RUNTIME_VARIABLES: [(&str, &str); 2] = [
+    (
+        "RUST_BACKTRACE",
+        "read by the standard library when a thread panics",
+    ),
+    (
+        "MALLOC_ARENA_MAX",
+        "read by glibc's allocator: fewer per-thread arenas keep the sink's peak RSS flat",
+    ),
+];
 
 // --- the contract check: a command line and its variables against --help -----------------------------------------
 
