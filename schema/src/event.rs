@@ -151,20 +151,25 @@ impl<O: Observation> Event<O> {
             Ok(event) => event,
             Err(error) => return Err(classify_undecodable(bytes, error)),
         };
-        if event.schema_version != SCHEMA_VERSION {
+        event.checked()
+    }
+
+    /// The checks after parsing: schema version, kind, physical ranges.
+    fn checked(self) -> Result<Self, DecodeError> {
+        if self.schema_version != SCHEMA_VERSION {
             return Err(DecodeError::UnsupportedSchemaVersion {
-                found: event.schema_version,
+                found: self.schema_version,
                 supported: SCHEMA_VERSION,
             });
         }
-        if event.kind != O::KIND {
+        if self.kind != O::KIND {
             return Err(DecodeError::WrongKind {
                 expected: O::KIND,
-                found: event.kind,
+                found: self.kind,
             });
         }
-        event.observation.validate().map_err(DecodeError::Invalid)?;
-        Ok(event)
+        self.observation.validate().map_err(DecodeError::Invalid)?;
+        Ok(self)
     }
 }
 
@@ -349,11 +354,7 @@ fn read_envelope_member<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
     name: &'static str,
     map: &mut A,
 ) -> Result<(), A::Error> {
-    if slot.is_some() {
-        return Err(de::Error::duplicate_field(name));
-    }
-    *slot = Some(map.next_value()?);
-    Ok(())
+    crate::members::read_once(slot, name, map, |map| map.next_value())
 }
 
 /// A message that does not decode may still be well-formed JSON from a newer producer; report
@@ -594,20 +595,7 @@ mod flatten_equivalence_tests {
             ingested_at: flattened.ingested_at,
             observation: flattened.observation,
         };
-        if event.schema_version != SCHEMA_VERSION {
-            return Err(DecodeError::UnsupportedSchemaVersion {
-                found: event.schema_version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if event.kind != O::KIND {
-            return Err(DecodeError::WrongKind {
-                expected: O::KIND,
-                found: event.kind,
-            });
-        }
-        event.observation.validate().map_err(DecodeError::Invalid)?;
-        Ok(event)
+        event.checked()
     }
 
     fn encode_with_flatten<O: Observation>(event: &Event<O>) -> Vec<u8> {

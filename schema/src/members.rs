@@ -188,15 +188,31 @@ pub(crate) fn read_member_once<'de, T: MemberValue, A: MapAccess<'de>>(
     name: &'static str,
     map: &mut A,
 ) -> Result<(), A::Error> {
+    read_once(slot, name, map, T::read)
+}
+
+/// Reads a member's value with `read` into `slot`, refusing a second occurrence.
+///
+/// # Errors
+///
+/// What `read` reports, or a member seen before.
+pub(crate) fn read_once<'de, T, A: MapAccess<'de>>(
+    slot: &mut Option<T>,
+    name: &'static str,
+    map: &mut A,
+    read: impl FnOnce(&mut A) -> Result<T, A::Error>,
+) -> Result<(), A::Error> {
     if slot.is_some() {
         return Err(de::Error::duplicate_field(name));
     }
-    *slot = Some(T::read(map)?);
+    *slot = Some(read(map)?);
     Ok(())
 }
 
-macro_rules! required_member_value {
-    ($($type:ty),*) => {$(
+/// `MemberValue` for plain serde types: written and read by serde; `$absent` is what an absent
+/// member named `$name` becomes.
+macro_rules! serde_member_value {
+    ($name:ident => $absent:expr; $($type:ty),*) => {$(
         impl MemberValue for $type {
             fn write<S: SerializeStruct>(
                 &self,
@@ -214,41 +230,15 @@ macro_rules! required_member_value {
                 map.next_value()
             }
 
-            fn absent<E: de::Error>(name: &'static str) -> Result<Self, E> {
-                Err(E::missing_field(name))
+            fn absent<E: de::Error>($name: &'static str) -> Result<Self, E> {
+                $absent
             }
         }
     )*};
 }
 
-macro_rules! optional_member_value {
-    ($($type:ty),*) => {$(
-        impl MemberValue for Option<$type> {
-            fn write<S: SerializeStruct>(
-                &self,
-                name: &'static str,
-                object: &mut S,
-            ) -> Result<(), S::Error> {
-                object.serialize_field(name, self)
-            }
-
-            fn write_json(&self, json: &mut Vec<u8>) {
-                write_json_value(json, self);
-            }
-
-            fn read<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Self, A::Error> {
-                map.next_value()
-            }
-
-            fn absent<E: de::Error>(_name: &'static str) -> Result<Self, E> {
-                Ok(None)
-            }
-        }
-    )*};
-}
-
-required_member_value!(String, f64);
-optional_member_value!(f64, bool);
+serde_member_value!(name => Err(E::missing_field(name)); String, f64);
+serde_member_value!(_name => Ok(None); Option<f64>, Option<bool>);
 
 impl MemberValue for DateTime<Utc> {
     fn write<S: SerializeStruct>(

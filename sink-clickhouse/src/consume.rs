@@ -443,8 +443,8 @@ async fn write_batches<O: StoredObservation>(
 /// Settles, before anything is acked, every message a previous holder of the consumer left
 /// un-acked: under `AckPolicy::All` the first ack would otherwise ack them unwritten. They are
 /// the consumer's messages between its ack floor and its last delivered sequence; they are read
-/// again through an ordered consumer with the same filter and written with the exact check, so
-/// the ones already in the table are skipped.
+/// again through an ephemeral consumer with the same filter and written with the exact check,
+/// so the ones already in the table are skipped.
 async fn recover_unacked<O: StoredObservation>(
     context: &Arc<SinkContext>,
     stream: &jetstream::stream::Stream,
@@ -548,6 +548,9 @@ async fn write_batch<O: StoredObservation>(
     let mut rows = Vec::with_capacity(batch.messages.len());
     let mut needs_check = false;
     let mut last_pending = None;
+    // The message with the highest stream sequence, acked under `AckPolicy::All`. (`info()`
+    // parses the reply subject, so it is read once per message.)
+    let mut highest: Option<(u64, &jetstream::Message)> = None;
     for message in &batch.messages {
         let Ok(info) = message.info() else {
             // Not a JetStream delivery (no reply subject): nothing to ack either.
@@ -557,6 +560,9 @@ async fn write_batch<O: StoredObservation>(
         let sequence = info.stream_sequence;
         needs_check |= info.delivered > 1 || sequence <= watermark;
         last_pending = Some(info.pending);
+        if highest.is_none_or(|(top, _)| sequence > top) {
+            highest = Some((sequence, message));
+        }
         match Event::<O>::decode(&message.payload) {
             Ok(event) => rows.push(PendingRow {
                 sequence,
@@ -586,11 +592,6 @@ async fn write_batch<O: StoredObservation>(
         }
         AckMode::HighestOfBatch => {
             // Acks every earlier message of the consumer too (module docs, rule 5).
-            let highest = batch
-                .messages
-                .iter()
-                .filter_map(|message| Some((message.info().ok()?.stream_sequence, message)))
-                .max_by_key(|(sequence, _)| *sequence);
             if let Some((_, message)) = highest {
                 context.lease.ready_to_ack(&context.hard_stop).await?;
                 if message.ack().await.is_err() {
