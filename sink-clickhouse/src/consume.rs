@@ -574,6 +574,9 @@ async fn write_batch<O: StoredObservation>(
         }
     }
 
+    // A sink paused past its lease (a standby may have taken over and re-read this batch)
+    // neither writes nor acks until a renewal proves nobody else holds the consumer.
+    context.lease.confirm_held(&context.hard_stop).await?;
     let started = Instant::now();
     let rows = Arc::new(rows);
     let written =
@@ -593,7 +596,7 @@ async fn write_batch<O: StoredObservation>(
         AckMode::HighestOfBatch => {
             // Acks every earlier message of the consumer too (module docs, rule 5).
             if let Some((_, message)) = highest {
-                context.lease.ready_to_ack(&context.hard_stop).await?;
+                context.lease.confirm_held(&context.hard_stop).await?;
                 if message.ack().await.is_err() {
                     ack_failures += batch.messages.len();
                 }

@@ -216,15 +216,15 @@ impl ConsumerLease {
         }
     }
 
-    /// Waits until acks may be sent: the lease was renewed within the last lease time. After a
-    /// lapse (NATS unreachable, process paused) that is the next successful renewal, whose
-    /// compare-and-set proves no other sink took the lease meanwhile.
+    /// Waits until this sink may write and ack: the lease was renewed within the last lease
+    /// time. After a lapse (NATS unreachable, process paused) that is the next successful
+    /// renewal, whose compare-and-set proves no other sink took the lease meanwhile.
     ///
     /// # Errors
     ///
     /// [`LeaseError::Lost`] once another instance took the lease, or
     /// [`LeaseError::Lapsed`] when `give_up` fires first.
-    pub async fn ready_to_ack(&self, give_up: &CancellationToken) -> Result<(), LeaseError> {
+    pub async fn confirm_held(&self, give_up: &CancellationToken) -> Result<(), LeaseError> {
         let mut warned = false;
         loop {
             if self.lost.is_cancelled() {
@@ -237,7 +237,7 @@ impl ConsumerLease {
                 return Ok(());
             }
             if !warned {
-                tracing::warn!(consumer = %self.key, ttl = ?self.ttl, "consumer lease lapsed; holding acks until it is renewed");
+                tracing::warn!(consumer = %self.key, ttl = ?self.ttl, "consumer lease lapsed; holding writes and acks until it is renewed");
                 warned = true;
             }
             tokio::select! {
