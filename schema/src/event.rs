@@ -383,7 +383,7 @@ mod tests {
     use super::*;
     use crate::{CarbonIntensity, WaveObservation, WeatherObservation};
 
-    fn wave(height: f64) -> WaveObservation {
+    pub(super) fn wave(height: f64) -> WaveObservation {
         WaveObservation {
             site: "Cape Sorell".into(),
             observed_at: Utc.with_ymd_and_hms(2025, 5, 5, 1, 30, 0).unwrap(),
@@ -632,18 +632,7 @@ mod flatten_equivalence_tests {
     }
 
     fn wave_event() -> Event<WaveObservation> {
-        let observation = WaveObservation {
-            site: "Cape Sorell".into(),
-            observed_at: Utc.with_ymd_and_hms(2025, 5, 5, 1, 30, 0).unwrap(),
-            wave_height_m: Some(2.5),
-            wave_height_max_m: Some(4.5),
-            peak_period_s: Some(12.5),
-            mean_period_s: None,
-            wave_direction_deg: Some(245.0),
-            sea_temp_c: None,
-            lat: Some(-42.08),
-            lon: Some(145.01),
-        };
+        let observation = super::tests::wave(2.5);
         let ingested_at = Utc.with_ymd_and_hms(2025, 5, 5, 1, 31, 7).unwrap()
             + chrono::Duration::nanoseconds(123_456_789);
         Event::new("imos", observation, ingested_at)
