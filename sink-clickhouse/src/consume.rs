@@ -19,10 +19,12 @@
 //! 5. consumers this version creates use `AckPolicy::All`, and a batch is acked by acking its
 //!    highest sequence, which acks every earlier message of the consumer. That is exact
 //!    because (a) the writer settles batches one at a time in delivery order, so every message
-//!    first delivered before that sequence is in this batch or an earlier one; (b) only the
-//!    holder of the consumer's lease ([`crate::lease`]) acks; (c) before its first ack, a new
-//!    holder re-reads and settles (with the exact check) every message its predecessor left
-//!    un-acked, the range between the consumer's ack floor and its last delivered sequence.
+//!    first delivered before that sequence is in this batch or an earlier one; (b) before its
+//!    first ack, a sink re-reads and settles (with the exact check) every message left
+//!    un-acked, the range between the consumer's ack floor and its last delivered sequence;
+//!    (c) the writer follows the consumer sequence of each delivery, and a gap (another
+//!    process received a delivery, or one was lost in a reconnect) leaves the batch un-acked
+//!    until (b) is done again. The lease ([`crate::lease`]) keeps other sinks from pulling.
 //!    A consumer created by an earlier version keeps `AckPolicy::Explicit` (nats-server cannot
 //!    change it) and gets every message acked.
 
@@ -202,13 +204,22 @@ pub async fn consume_stream<O: StoredObservation>(
         }
         consumer_config.ack_policy = existing.config.ack_policy;
     }
-    let mut consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
-    let ack_mode = match consumer_config.ack_policy {
-        consumer::AckPolicy::All => AckMode::HighestOfBatch,
-        _ => AckMode::EachMessage,
+    let consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
+    let mut recovery = match consumer_config.ack_policy {
+        consumer::AckPolicy::All => Some(Recovery {
+            stream: stream.clone(),
+            consumer: consumer.clone(),
+            config: consumer_config.clone(),
+            next_delivery: 0,
+        }),
+        _ => None,
     };
-    if ack_mode == AckMode::HighestOfBatch {
-        recover_unacked::<O>(&context, &stream, &mut consumer, &consumer_config).await?;
+    let ack_mode = match recovery {
+        Some(_) => AckMode::HighestOfBatch,
+        None => AckMode::EachMessage,
+    };
+    if let Some(recovery) = recovery.as_mut() {
+        recovery.run::<O>(&context).await?;
     }
     let watermark = retry(
         RetryPolicy::INSERT.named("watermark"),
@@ -236,7 +247,7 @@ pub async fn consume_stream<O: StoredObservation>(
         context.clone(),
         received,
         watermark,
-        ack_mode,
+        recovery,
     ));
     let collected = collect_batches(
         &context,
@@ -428,16 +439,62 @@ async fn send_progress(messages: &[jetstream::Message]) {
     }
 }
 
+/// Writes batches in order. Under `AckPolicy::All` it also follows the consumer sequence of
+/// every delivery: consecutive numbers prove that this sink received every delivery of the
+/// consumer since its last re-read. A gap means another process received some (a paused
+/// predecessor's pull request) or some were lost in transit (a reconnect); then the batch is
+/// written but not acked, and the un-acked range is re-read before anything else is acked.
 async fn write_batches<O: StoredObservation>(
     context: Arc<SinkContext>,
     mut received: mpsc::Receiver<Batch>,
-    watermark: u64,
-    ack_mode: AckMode,
+    mut watermark: u64,
+    mut recovery: Option<Recovery>,
 ) -> Result<(), ConsumeError> {
     while let Some(batch) = received.recv().await {
-        write_batch::<O>(&context, batch, watermark, ack_mode).await?;
+        let Some(recovery) = recovery.as_mut() else {
+            write_batch::<O>(&context, batch, watermark, AckMode::EachMessage, None).await?;
+            continue;
+        };
+        let gap = write_batch::<O>(
+            &context,
+            batch,
+            watermark,
+            AckMode::HighestOfBatch,
+            Some(&mut recovery.next_delivery),
+        )
+        .await?;
+        if let Some(missing) = gap {
+            events::delivery_gap(O::KIND, missing);
+            let last_stream_sequence = recovery.run::<O>(&context).await?;
+            // What was re-read may come again as ordinary deliveries: check those.
+            watermark = watermark.max(last_stream_sequence);
+        }
     }
     Ok(())
+}
+
+/// The consumer's position in deliveries, and what is needed to re-read its un-acked range
+/// (`AckPolicy::All` only).
+struct Recovery {
+    stream: jetstream::stream::Stream,
+    consumer: consumer::PullConsumer,
+    config: consumer::pull::Config,
+    /// Consumer sequence the next delivery carries if this sink received every one since the
+    /// last re-read.
+    next_delivery: u64,
+}
+
+impl Recovery {
+    /// Re-reads and settles the un-acked range; returns its last stream sequence.
+    async fn run<O: StoredObservation>(
+        &mut self,
+        context: &Arc<SinkContext>,
+    ) -> Result<u64, ConsumeError> {
+        let delivered =
+            recover_unacked::<O>(context, &self.stream, &mut self.consumer, &self.config).await?;
+        self.next_delivery = delivered.consumer_sequence + 1;
+        Ok(delivered.stream_sequence)
+    }
 }
 
 /// Settles, before anything is acked, every message a previous holder of the consumer left
@@ -450,7 +507,7 @@ async fn recover_unacked<O: StoredObservation>(
     stream: &jetstream::stream::Stream,
     consumer: &mut consumer::PullConsumer,
     consumer_config: &consumer::pull::Config,
-) -> Result<(), ConsumeError> {
+) -> Result<consumer::SequenceInfo, ConsumeError> {
     let kind = O::KIND;
     let info = consumer
         .info()
@@ -462,7 +519,7 @@ async fn recover_unacked<O: StoredObservation>(
         })?
         .clone();
     if info.num_ack_pending == 0 {
-        return Ok(());
+        return Ok(info.delivered);
     }
     let first = info.ack_floor.stream_sequence + 1;
     let last = info.delivered.stream_sequence;
@@ -516,7 +573,7 @@ async fn recover_unacked<O: StoredObservation>(
             read += 1;
             batch.push(message);
             if batch.is_full(&policy) {
-                write_batch::<O>(context, batch.take(), u64::MAX, AckMode::Nothing).await?;
+                write_batch::<O>(context, batch.take(), u64::MAX, AckMode::Nothing, None).await?;
             }
         }
         if !got_any {
@@ -524,11 +581,11 @@ async fn recover_unacked<O: StoredObservation>(
         }
     }
     if !batch.messages.is_empty() {
-        write_batch::<O>(context, batch.take(), u64::MAX, AckMode::Nothing).await?;
+        write_batch::<O>(context, batch.take(), u64::MAX, AckMode::Nothing, None).await?;
     }
     let _ = stream.delete_consumer(&reader.cached_info().name).await;
     events::recovered(kind, read, first, last);
-    Ok(())
+    Ok(info.delivered)
 }
 
 /// A decoded message waiting for its INSERT.
@@ -537,14 +594,19 @@ pub(crate) struct PendingRow<R> {
     pub(crate) row: R,
 }
 
+/// Settles one batch and acks it as `ack_mode` says. With `next_delivery` (`AckPolicy::All`)
+/// it follows the consumer sequences of the deliveries; if one is missing it does not ack and
+/// returns the first missing number.
 #[tracing::instrument(skip_all, fields(kind = %O::KIND, messages = batch.messages.len()))]
 async fn write_batch<O: StoredObservation>(
     context: &Arc<SinkContext>,
     batch: Batch,
     watermark: u64,
     ack_mode: AckMode,
-) -> Result<(), ConsumeError> {
+    mut next_delivery: Option<&mut u64>,
+) -> Result<Option<u64>, ConsumeError> {
     let kind = O::KIND;
+    let mut gap = None;
     let mut rows = Vec::with_capacity(batch.messages.len());
     let mut needs_check = false;
     let mut last_pending = None;
@@ -562,6 +624,14 @@ async fn write_batch<O: StoredObservation>(
         last_pending = Some(info.pending);
         if highest.is_none_or(|(top, _)| sequence > top) {
             highest = Some((sequence, message));
+        }
+        if let Some(next) = next_delivery.as_deref_mut() {
+            // Deliveries at or below `next` were covered by the last re-read.
+            let delivery = info.consumer_sequence;
+            if delivery > *next && gap.is_none() {
+                gap = Some(*next);
+            }
+            *next = (*next).max(delivery + 1);
         }
         match Event::<O>::decode(&message.payload) {
             Ok(event) => rows.push(PendingRow {
@@ -593,6 +663,8 @@ async fn write_batch<O: StoredObservation>(
                 }
             }
         }
+        // With a gap the batch stays un-acked: the caller re-reads the range first.
+        AckMode::HighestOfBatch if gap.is_some() => {}
         AckMode::HighestOfBatch => {
             // Acks every earlier message of the consumer too (module docs, rule 5).
             if let Some((_, message)) = highest {
@@ -612,7 +684,7 @@ async fn write_batch<O: StoredObservation>(
         events::consumer_pending(kind, pending);
     }
     context.health.set_ready("clickhouse");
-    Ok(())
+    Ok(gap)
 }
 
 /// State carried across INSERT attempts of one batch.

@@ -12,8 +12,10 @@
 //! - `nomadwave_sink_last_insert_timestamp_seconds{kind}` (gauge)
 //! - `nomadwave_sink_lease_held{consumer}` (gauge: 1 while this instance may ack the consumer,
 //!   0 while it waits as a standby)
-//! - `nomadwave_sink_recovered_total{kind}` (messages a previous instance left un-acked, re-read
-//!   and checked at startup)
+//! - `nomadwave_sink_recovered_total{kind}` (messages left un-acked by a previous instance or by
+//!   another receiver, re-read and checked before the next ack)
+//! - `nomadwave_sink_delivery_gaps_total{kind}` (deliveries of the consumer that did not reach
+//!   this sink; each one triggers such a re-read)
 
 use std::time::Duration;
 
@@ -91,6 +93,17 @@ pub fn recovered(kind: Kind, messages: u64, first: u64, last: u64) {
     );
 }
 
+/// A delivery of the consumer did not reach this sink: the batch is not acked and the
+/// consumer's un-acked range is re-read first.
+pub fn delivery_gap(kind: Kind, missing_consumer_sequence: u64) {
+    metrics::counter!("nomadwave_sink_delivery_gaps_total", "kind" => kind.as_str()).increment(1);
+    tracing::warn!(
+        kind = kind.as_str(),
+        missing_consumer_sequence,
+        "a delivery of the consumer did not reach this sink (another process pulled it, or it was lost in a reconnect); re-reading the un-acked range before acking"
+    );
+}
+
 /// Makes every sink metric appear on `/metrics` from startup, at zero.
 pub fn register(kind: Kind) {
     let label = kind.as_str();
@@ -99,4 +112,5 @@ pub fn register(kind: Kind) {
     metrics::counter!("nomadwave_sink_redeliveries_skipped_total", "kind" => label).absolute(0);
     metrics::gauge!("nomadwave_sink_consumer_pending", "kind" => label).set(0.0);
     metrics::counter!("nomadwave_sink_recovered_total", "kind" => label).absolute(0);
+    metrics::counter!("nomadwave_sink_delivery_gaps_total", "kind" => label).absolute(0);
 }

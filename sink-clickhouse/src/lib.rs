@@ -200,11 +200,14 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
     // A failing stream stops the others too, so the process exits and is restarted whole.
     let streams_shutdown = shutdown.child_token();
     {
-        // A lost lease stops consuming at once: another sink now acks this consumer.
-        let (lost, streams_shutdown) = (lease.lost(), streams_shutdown.clone());
+        // A lost lease stops consuming and any INSERT retry at once: another sink now owns
+        // this consumer and re-reads whatever this one had not acked.
+        let (lost, streams_shutdown, hard_stop) =
+            (lease.lost(), streams_shutdown.clone(), hard_stop.clone());
         tokio::spawn(async move {
             lost.cancelled().await;
             streams_shutdown.cancel();
+            hard_stop.cancel();
         });
     }
     let mut tasks = JoinSet::new();
@@ -247,12 +250,11 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
     )
     .await;
     if lease.lost().is_cancelled() {
-        first_error.get_or_insert_with(|| {
-            ConsumeError::Lease(LeaseError::Lost {
-                key: settings.consumer.durable_name.clone(),
-                holder: "another sink".to_owned(),
-            })
-        });
+        // The cause of whatever the streams reported (an interrupted batch, for example).
+        first_error = Some(ConsumeError::Lease(LeaseError::Lost {
+            key: settings.consumer.durable_name.clone(),
+            holder: "another sink".to_owned(),
+        }));
     } else {
         lease.release().await;
     }

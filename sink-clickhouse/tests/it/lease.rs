@@ -166,3 +166,63 @@ fn consumer_created_with_explicit_acks_keeps_them_and_every_event_lands_once() {
     assert_eq!(info.config.ack_policy, AckPolicy::Explicit);
     assert_eq!(info.num_ack_pending, 0, "every message acked");
 }
+
+#[test]
+fn deliveries_taken_by_another_puller_are_reread_not_acked_away() {
+    let pipeline = Pipeline::start("delivery-gap");
+    let total: u64 = 200_000;
+    let publisher = pipeline.spawn_publish(&[
+        "--kind",
+        "wave",
+        "--count",
+        &total.to_string(),
+        "--sites",
+        "20",
+    ]);
+    let sink = pipeline.spawn_sink(FLAGS);
+    wait_for("the sink's rows", Duration::from_secs(60), || {
+        metric(&sink, "nomadwave_sink_rows_written_total", "kind=\"wave\"").unwrap_or(0.0) > 0.0
+    });
+    // A stray puller on the sink's own consumer (a paused predecessor's pull request, a
+    // misconfigured tool): it takes deliveries and never acks them. Under `AckPolicy::All` the
+    // sink's next ack would ack them unwritten unless it notices the gap.
+    let url = pipeline.nats.url();
+    let taken = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            let jetstream = async_nats::jetstream::new(client);
+            let stream = jetstream.get_stream("WAVE").await.unwrap();
+            let consumer: consumer::PullConsumer =
+                stream.get_consumer("sink-clickhouse").await.unwrap();
+            let mut taken = 0_u64;
+            for _ in 0..5 {
+                let mut batch = consumer
+                    .batch()
+                    .max_messages(500)
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await
+                    .unwrap();
+                while let Some(message) = futures::StreamExt::next(&mut batch).await {
+                    message.unwrap();
+                    taken += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            taken
+        });
+    assert!(taken > 0, "the stray puller got no deliveries");
+
+    let report = finish_publish(publisher);
+    assert_eq!(report["distinct_valid"], total);
+    assert_exact(&pipeline, "wave_observations", total);
+    let gaps = metric(&sink, "nomadwave_sink_delivery_gaps_total", "kind=\"wave\"").unwrap_or(0.0);
+    assert!(
+        gaps >= 1.0,
+        "the sink never noticed the deliveries it did not get"
+    );
+    eprintln!(
+        "delivery gap test: the stray puller took {taken} deliveries; the sink saw {gaps} gaps"
+    );
+}
