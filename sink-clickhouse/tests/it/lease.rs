@@ -38,6 +38,20 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Starts publishing 200,000 wave events over 20 sites; returns the count and the publisher.
+fn publish_backlog(pipeline: &Pipeline) -> (u64, std::process::Child) {
+    let total: u64 = 200_000;
+    let publisher = pipeline.spawn_publish(&[
+        "--kind",
+        "wave",
+        "--count",
+        &total.to_string(),
+        "--sites",
+        "20",
+    ]);
+    (total, publisher)
+}
+
 fn consumer_info(pipeline: &Pipeline, name: &str) -> consumer::Info {
     let url = pipeline.nats.url();
     let name = name.to_owned();
@@ -55,15 +69,7 @@ fn consumer_info(pipeline: &Pipeline, name: &str) -> consumer::Info {
 fn standby_takes_over_a_frozen_sink_which_then_stops_without_acking() {
     let pipeline = Pipeline::start("lease");
     // A backlog, so the holder is frozen with deliveries in hand (up to 3 batches un-acked).
-    let total: u64 = 200_000;
-    let publisher = pipeline.spawn_publish(&[
-        "--kind",
-        "wave",
-        "--count",
-        &total.to_string(),
-        "--sites",
-        "20",
-    ]);
+    let (total, publisher) = publish_backlog(&pipeline);
     let first_flags = [FLAGS, &["--instance-id", "first"]].concat();
     let mut first = pipeline.spawn_sink(&first_flags);
     wait_for("the first sink's rows", Duration::from_secs(60), || {
@@ -170,15 +176,7 @@ fn consumer_created_with_explicit_acks_keeps_them_and_every_event_lands_once() {
 #[test]
 fn deliveries_taken_by_another_puller_are_reread_not_acked_away() {
     let pipeline = Pipeline::start("delivery-gap");
-    let total: u64 = 200_000;
-    let publisher = pipeline.spawn_publish(&[
-        "--kind",
-        "wave",
-        "--count",
-        &total.to_string(),
-        "--sites",
-        "20",
-    ]);
+    let (total, publisher) = publish_backlog(&pipeline);
     let sink = pipeline.spawn_sink(FLAGS);
     wait_for("the sink's rows", Duration::from_secs(60), || {
         metric(&sink, "nomadwave_sink_rows_written_total", "kind=\"wave\"").unwrap_or(0.0) > 0.0
