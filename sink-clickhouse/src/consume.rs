@@ -117,8 +117,8 @@ pub enum ConsumeError {
     /// The consumer lease lapsed or was taken over: acking could ack another sink's messages.
     #[error(transparent)]
     Lease(#[from] LeaseError),
-    /// Messages a previous instance left un-acked could not be re-read.
-    #[error("cannot re-read {stream} sequences {first}..={last} left un-acked by a previous sink; retry after checking the stream")]
+    /// Messages delivered but not acked could not be re-read.
+    #[error("cannot re-read {stream} sequences {first}..={last} (delivered, not acked); they stay un-acked, and a restarted sink re-reads them first")]
     Recovery {
         /// Stream name.
         stream: &'static str,
@@ -209,7 +209,7 @@ pub async fn consume_stream<O: StoredObservation>(
         consumer::AckPolicy::All => Some(Recovery {
             stream: stream.clone(),
             consumer: consumer.clone(),
-            config: consumer_config.clone(),
+            filter: consumer_config.filter_subject.clone(),
             next_delivery: 0,
         }),
         _ => None,
@@ -478,35 +478,39 @@ async fn write_batches<O: StoredObservation>(
 struct Recovery {
     stream: jetstream::stream::Stream,
     consumer: consumer::PullConsumer,
-    config: consumer::pull::Config,
+    /// The consumer's filter subject (empty: the whole stream).
+    filter: String,
     /// Consumer sequence the next delivery carries if this sink received every one since the
     /// last re-read.
     next_delivery: u64,
 }
 
 impl Recovery {
-    /// Re-reads and settles the un-acked range; returns its last stream sequence.
+    /// Re-reads the un-acked range (see [`reread_unacked`]) and restarts the delivery count
+    /// after it; returns the last delivered stream sequence.
     async fn run<O: StoredObservation>(
         &mut self,
         context: &Arc<SinkContext>,
     ) -> Result<u64, ConsumeError> {
         let delivered =
-            recover_unacked::<O>(context, &self.stream, &mut self.consumer, &self.config).await?;
+            reread_unacked::<O>(context, &self.stream, &mut self.consumer, &self.filter).await?;
         self.next_delivery = delivered.consumer_sequence + 1;
         Ok(delivered.stream_sequence)
     }
 }
 
-/// Settles, before anything is acked, every message a previous holder of the consumer left
-/// un-acked: under `AckPolicy::All` the first ack would otherwise ack them unwritten. They are
-/// the consumer's messages between its ack floor and its last delivered sequence; they are read
-/// again through an ephemeral consumer with the same filter and written with the exact check,
-/// so the ones already in the table are skipped.
-async fn recover_unacked<O: StoredObservation>(
+/// Settles, before anything more is acked, every message of the consumer that was delivered
+/// but not acked and so may not be written: what a previous holder left, or what another
+/// receiver took. Under `AckPolicy::All` the next ack would otherwise ack them unwritten. They
+/// lie between the consumer's ack floor and its last delivered sequence; they are read again
+/// through an ephemeral consumer with the same filter and written with the exact check, so the
+/// ones already in the table are skipped. Returns the consumer's delivered position as read
+/// before the re-read.
+async fn reread_unacked<O: StoredObservation>(
     context: &Arc<SinkContext>,
     stream: &jetstream::stream::Stream,
     consumer: &mut consumer::PullConsumer,
-    consumer_config: &consumer::pull::Config,
+    filter: &str,
 ) -> Result<consumer::SequenceInfo, ConsumeError> {
     let kind = O::KIND;
     let info = consumer
@@ -534,7 +538,7 @@ async fn recover_unacked<O: StoredObservation>(
         un_acked = info.num_ack_pending,
         first,
         last,
-        "a previous sink left messages un-acked; re-reading them before the first ack"
+        "messages delivered but not acked; re-reading them before the next ack"
     );
     // An ephemeral consumer read with no-wait fetches: an empty fetch means nothing more.
     let reader = stream
@@ -542,7 +546,7 @@ async fn recover_unacked<O: StoredObservation>(
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: first,
             },
-            filter_subject: consumer_config.filter_subject.clone(),
+            filter_subject: filter.to_owned(),
             ack_policy: consumer::AckPolicy::None,
             inactive_threshold: Duration::from_secs(60),
             description: Some(format!(

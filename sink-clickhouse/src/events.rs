@@ -80,7 +80,8 @@ pub fn lease_held(consumer: &str, held: bool) {
     });
 }
 
-/// Messages a previous instance left un-acked were re-read and settled before acking anything.
+/// Messages delivered but not acked (a previous holder's, another receiver's) were re-read and
+/// settled before the next ack.
 pub fn recovered(kind: Kind, messages: u64, first: u64, last: u64) {
     metrics::counter!("nomadwave_sink_recovered_total", "kind" => kind.as_str())
         .increment(messages);
@@ -89,7 +90,7 @@ pub fn recovered(kind: Kind, messages: u64, first: u64, last: u64) {
         messages,
         first,
         last,
-        "re-read messages a previous instance left un-acked; each was checked against the table"
+        "re-read messages delivered but not acked; each was checked against the table"
     );
 }
 
