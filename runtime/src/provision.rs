@@ -157,10 +157,9 @@ pub async fn ensure_stream(
         stream: name.clone(),
         detail,
     };
-    let mut existing = jetstream
-        .get_or_create_stream(config.clone())
+    let mut existing = get_or_create_racing(jetstream, &config)
         .await
-        .map_err(|error| stream_error(error.to_string()))?;
+        .map_err(stream_error)?;
     let info = existing
         .info()
         .await
@@ -184,6 +183,40 @@ pub async fn ensure_stream(
         .get_stream(&name)
         .await
         .map_err(|error| stream_error(error.to_string()))
+}
+
+/// How many times a refused stream creation is tried again before the refusal is reported.
+const CREATE_ATTEMPTS: u32 = 5;
+
+/// `get_or_create_stream`, tolerant of another process creating the same stream at the same
+/// moment.
+///
+/// Every command declares the streams at startup, so two of them starting together both see
+/// "not found" and both create. nats-server 2.9 can then refuse the slower one with "subjects
+/// overlap with an existing stream" (10065) or "stream name already in use" (10058) although
+/// the stream it wanted now exists. A refusal is therefore followed by a short pause and a
+/// fresh look-up; only a refusal that persists is returned.
+async fn get_or_create_racing(
+    jetstream: &jetstream::Context,
+    config: &stream::Config,
+) -> Result<stream::Stream, String> {
+    let mut attempt = 1;
+    loop {
+        match jetstream.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) if attempt < CREATE_ATTEMPTS => {
+                tracing::debug!(
+                    stream = %config.name,
+                    attempt,
+                    %error,
+                    "stream creation refused; looking again in case another process created it"
+                );
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
 }
 
 /// Creates a durable pull consumer, or updates the editable settings of an existing one.
