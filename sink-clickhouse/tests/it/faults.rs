@@ -46,14 +46,7 @@ pub fn assert_exact(pipeline: &Pipeline, table: &str, expected: u64) {
 fn sink_sigkilled_repeatedly_during_200k_ingest_writes_each_event_once() {
     let pipeline = Pipeline::start("sigkill");
     let total: u64 = 200_000;
-    let publisher = pipeline.spawn_publish(&[
-        "--kind",
-        "wave",
-        "--count",
-        &total.to_string(),
-        "--sites",
-        "40",
-    ]);
+    let publisher = pipeline.spawn_publish_wave(total, 40);
     let mut rng = rand::rng();
     let mut kills = 0;
     let started = Instant::now();

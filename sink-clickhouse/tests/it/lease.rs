@@ -41,14 +41,7 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 /// Starts publishing 200,000 wave events over 20 sites; returns the count and the publisher.
 fn publish_backlog(pipeline: &Pipeline) -> (u64, std::process::Child) {
     let total: u64 = 200_000;
-    let publisher = pipeline.spawn_publish(&[
-        "--kind",
-        "wave",
-        "--count",
-        &total.to_string(),
-        "--sites",
-        "20",
-    ]);
+    let publisher = pipeline.spawn_publish_wave(total, 20);
     (total, publisher)
 }
 
@@ -137,8 +130,7 @@ fn consumer_created_with_explicit_acks_keeps_them_and_every_event_lands_once() {
     let pipeline = Pipeline::start("explicit-consumer");
     let url = pipeline.nats.url();
     // As an earlier version of the sink created it (streams are declared by the publisher).
-    let publisher =
-        pipeline.spawn_publish(&["--kind", "wave", "--count", "20000", "--sites", "10"]);
+    let publisher = pipeline.spawn_publish_wave(20_000, 10);
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(async move {

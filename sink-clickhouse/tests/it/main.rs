@@ -112,6 +112,18 @@ impl Pipeline {
             .expect("spawn edge-sim")
     }
 
+    /// Starts `edge-sim publish` of `count` wave events spread over `sites` sites.
+    pub fn spawn_publish_wave(&self, count: u64, sites: u32) -> Child {
+        self.spawn_publish(&[
+            "--kind",
+            "wave",
+            "--count",
+            &count.to_string(),
+            "--sites",
+            &sites.to_string(),
+        ])
+    }
+
     /// Runs `edge-sim publish` and parses its `key=value` report.
     pub fn publish(&self, args: &[&str]) -> HashMap<String, u64> {
         let child = self.spawn_publish(args);

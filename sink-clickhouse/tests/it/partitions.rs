@@ -52,14 +52,7 @@ fn two_partitions_one_sink_killed_and_restarted_write_each_event_once() {
     let mut sink1 = pipeline.spawn_sink(&refs(&args1));
 
     let total: u64 = 60_000;
-    let publisher = pipeline.spawn_publish(&[
-        "--kind",
-        "wave",
-        "--count",
-        &total.to_string(),
-        "--sites",
-        "40",
-    ]);
+    let publisher = pipeline.spawn_publish_wave(total, 40);
     // Kill partition 1's sink while rows are arriving, then start it again.
     pipeline.wait_for_rows("wave_observations", 10_000, Duration::from_secs(120));
     kill(Pid::from_raw(sink1.child.id() as i32), Signal::SIGKILL).unwrap();

@@ -32,14 +32,7 @@ fn replay_matches_the_live_tables_and_repeats_change_nothing() {
     let pipeline = Pipeline::start("replay");
     let total: u64 = 100_000;
     let _sink = pipeline.spawn_sink(&[]);
-    let report = finish_publish(pipeline.spawn_publish(&[
-        "--kind",
-        "wave",
-        "--count",
-        &total.to_string(),
-        "--sites",
-        "50",
-    ]));
+    let report = finish_publish(pipeline.spawn_publish_wave(total, 50));
     assert_eq!(report["distinct_valid"], total);
     assert_eq!(
         pipeline.wait_for_rows(TABLE, total, Duration::from_secs(180)),
