@@ -70,7 +70,7 @@ impl Default for StreamPolicy {
 #[derive(Debug, Error)]
 pub enum ProvisionError {
     /// The stream could not be read, created or updated.
-    #[error("cannot declare stream {stream}: {detail}; is JetStream enabled on the server (-js)?")]
+    #[error("cannot declare stream {stream}: {detail}; check that JetStream is enabled on the server (-js) and that no other stream claims the subjects {stream} needs")]
     Stream {
         /// Stream name.
         stream: String,
