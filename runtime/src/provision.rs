@@ -10,6 +10,9 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use schema::kind::{DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS};
 use schema::Kind;
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::retry::{retry, ErrorClass, RetryPolicy};
 
 /// Default window in which JetStream drops a repeated `Nats-Msg-Id`.
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
@@ -185,38 +188,35 @@ pub async fn ensure_stream(
         .map_err(|error| stream_error(error.to_string()))
 }
 
-/// How many times a refused stream creation is tried again before the refusal is reported.
-const CREATE_ATTEMPTS: u32 = 5;
-
 /// `get_or_create_stream`, tolerant of another process creating the same stream at the same
 /// moment.
 ///
 /// Every command declares the streams at startup, so two of them starting together both see
 /// "not found" and both create. nats-server 2.9 can then refuse the slower one with "subjects
 /// overlap with an existing stream" (10065) or "stream name already in use" (10058) although
-/// the stream it wanted now exists. A refusal is therefore followed by a short pause and a
-/// fresh look-up; only a refusal that persists is returned.
+/// the stream it wanted now exists. Those two refusals are retried under
+/// [`RetryPolicy::DECLARE`], each attempt looking the stream up again; any other error, or a
+/// refusal that persists, is returned.
 async fn get_or_create_racing(
     jetstream: &jetstream::Context,
     config: &stream::Config,
 ) -> Result<stream::Stream, String> {
-    let mut attempt = 1;
-    loop {
-        match jetstream.get_or_create_stream(config.clone()).await {
-            Ok(stream) => return Ok(stream),
-            Err(error) if attempt < CREATE_ATTEMPTS => {
-                tracing::debug!(
-                    stream = %config.name,
-                    attempt,
-                    %error,
-                    "stream creation refused; looking again in case another process created it"
-                );
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            Err(error) => return Err(error.to_string()),
+    let lost_race = |error: &jetstream::context::CreateStreamError| match error.kind() {
+        jetstream::context::CreateStreamErrorKind::JetStream(error)
+            if error.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP
+                || error.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST =>
+        {
+            ErrorClass::Transient
         }
-    }
+        _ => ErrorClass::Permanent,
+    };
+    // Declaration happens before a service has a shutdown token; the policy is bounded.
+    let never = CancellationToken::new();
+    retry(RetryPolicy::DECLARE, &never, lost_race, || {
+        jetstream.get_or_create_stream(config.clone())
+    })
+    .await
+    .map_err(|error| error.to_string())
 }
 
 /// Creates a durable pull consumer, or updates the editable settings of an existing one.

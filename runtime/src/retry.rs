@@ -63,6 +63,15 @@ impl RetryPolicy {
         max_retries: None,
     };
 
+    /// Declaring a JetStream object that another starting process may be creating at the same
+    /// moment: a few short waits, then the refusal stands.
+    pub const DECLARE: RetryPolicy = RetryPolicy {
+        operation: "declare",
+        min_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(1),
+        max_retries: Some(4),
+    };
+
     /// Polling an upstream HTTP API.
     pub const HTTP: RetryPolicy = RetryPolicy {
         operation: "http",
