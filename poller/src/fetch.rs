@@ -326,20 +326,17 @@ impl HttpFetcher {
 
 fn describe_transport_error(error: &reqwest::Error) -> String {
     // reqwest's Display includes the URL; the source chain says what actually happened.
-    let mut text = if error.is_timeout() {
-        "request timed out".to_owned()
+    let what = if error.is_timeout() {
+        "request timed out"
     } else if error.is_connect() {
-        "connection failed".to_owned()
+        "connection failed"
     } else {
-        "transport error".to_owned()
+        "transport error"
     };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{what}: {}", runtime::config::error_line(cause)),
+        None => what.to_owned(),
     }
-    text
 }
 
 /// The metric label of a status: `2xx`, `304`, `429`, `4xx`, `5xx`.
