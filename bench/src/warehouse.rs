@@ -10,6 +10,7 @@ use clickhouse::Client;
 use schema::{Event, WaveObservation};
 use sink_clickhouse::config::ClickHouseSettings;
 use sink_clickhouse::database::Database;
+use sink_clickhouse::delivery::{Incarnation, StreamPosition, StreamSequence};
 use sink_clickhouse::rows::{StoredObservation as _, WaveRow};
 
 /// The sink's table of wave events.
@@ -70,7 +71,12 @@ pub fn rows(events: &[(u64, Bytes)]) -> anyhow::Result<Vec<WaveRow>> {
         .map(|(sequence, payload)| {
             let event = Event::<WaveObservation>::decode(payload)
                 .with_context(|| format!("decoding the event at sequence {sequence}"))?;
-            Ok(WaveObservation::to_row(event, *sequence))
+            let position = StreamPosition {
+                incarnation: Incarnation(1),
+                sequence: StreamSequence(*sequence),
+            };
+            WaveObservation::to_row(event, position)
+                .with_context(|| format!("the event at sequence {sequence} cannot be stored"))
         })
         .collect()
 }

@@ -214,6 +214,8 @@ pub struct BatchPolicy {
 pub struct ConsumerSettings {
     /// Durable name.
     pub durable_name: String,
+    /// The durable name before the partition suffix (`<base>-p<N>`).
+    pub base_name: String,
     /// Kinds (streams) to consume.
     pub kinds: Vec<Kind>,
     /// Ack wait.
@@ -369,6 +371,7 @@ impl SinkSettings {
                     Some(partition) => format!("{}-p{}", consumer.consumer, partition.index),
                     None => consumer.consumer.clone(),
                 },
+                base_name: consumer.consumer.clone(),
                 partition,
                 kinds,
                 ack_wait: consumer.ack_wait,

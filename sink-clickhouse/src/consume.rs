@@ -1,54 +1,34 @@
-//! The per-stream loop: pull → batch → dead-letter → exact redelivery check → INSERT → ack.
+//! The per-stream orchestration: provision, then two tasks. The collector pulls messages and
+//! cuts batches by rows, bytes or age; the writer settles one batch at a time and acks it
+//! ([`crate::batch`]). A bounded channel of one batch between them overlaps pulling with
+//! inserting without ever holding more than two batches (plus the client's prefetch) in
+//! memory. The rules they follow are [`crate::delivery`]'s; this module only wires them.
 //!
-//! Two tasks per stream form a two-stage pipeline. The collector pulls messages and cuts
-//! batches by rows, bytes or age; the writer writes one batch at a time and acks it. A bounded
-//! channel of one batch between them overlaps pulling with inserting without ever holding more
-//! than two batches (plus the client's prefetch) in memory.
-//!
-//! Delivery rules, visible in the order of the code:
-//! 1. undecodable or invalid messages are published to the dead-letter stream, and that
-//!    publish is acknowledged by JetStream, before the batch is acked;
-//! 2. a message JetStream redelivered, or whose sequence is at or below the table's
-//!    watermark at startup, is checked against the table sequence by sequence and, if
-//!    present, acked without writing (counted as a skipped redelivery);
-//! 3. a batch is acked only after its INSERT returned success; while ClickHouse is down the
-//!    INSERT is retried forever and the batch's messages get progress acks, so JetStream
-//!    neither redelivers them nor lets them go;
-//! 4. an INSERT whose outcome is unknown is never blindly repeated: the retry first waits for
-//!    the server to finish the old query, then re-checks which sequences landed;
-//! 5. consumers this version creates use `AckPolicy::All`, and a batch is acked by acking its
-//!    highest sequence, which acks every earlier message of the consumer. That is exact
-//!    because (a) the writer settles batches one at a time in delivery order, so every message
-//!    first delivered before that sequence is in this batch or an earlier one; (b) before its
-//!    first ack, a sink re-reads and settles (with the exact check) every message left
-//!    un-acked, the range between the consumer's ack floor and its last delivered sequence;
-//!    (c) the writer follows the consumer sequence of each delivery, and a gap (another
-//!    process received a delivery, or one was lost in a reconnect) leaves the batch un-acked
-//!    until (b) is done again. The lease ([`crate::lease`]) keeps other sinks from pulling.
-//!    A consumer created by an earlier version keeps `AckPolicy::Explicit` (nats-server cannot
-//!    change it) and gets every message acked.
+//! Consumers this version creates use `AckPolicy::All` (one ack per batch); one created by an
+//! earlier version keeps `AckPolicy::Explicit` (nats-server cannot change it) and gets every
+//! message acked.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, AckKind};
+use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use runtime::provision::{ensure_pull_consumer, ensure_stream, event_stream_config};
-use runtime::publish::publish_with_id;
 use runtime::retry::{retry, RetryError};
 use runtime::{ErrorClass, Health, RetryPolicy};
-use schema::{dead_letter, Event, Kind};
-use sha2::{Digest, Sha256};
+use schema::Kind;
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use crate::batch::{settle_batch, Batch, Settlement};
 use crate::config::{BatchPolicy, SinkSettings};
 use crate::database::{Database, DatabaseError};
+use crate::delivery::{self, AckMode, CheckScope, Incarnation, StreamSequence};
 use crate::events;
 use crate::lease::{ConsumerLease, LeaseError};
+use crate::recovery::Recovery;
 use crate::rows::StoredObservation;
+use crate::shutdown::SinkShutdown;
 
 /// What the sink shares between its per-stream tasks.
 pub struct SinkContext {
@@ -60,21 +40,10 @@ pub struct SinkContext {
     pub settings: SinkSettings,
     /// Readiness reported on `/readyz`.
     pub health: Health,
-    /// Fired when the drain timeout expires: interrupts endless retries.
-    pub hard_stop: CancellationToken,
+    /// When to stop pulling and when to stop waiting.
+    pub shutdown: SinkShutdown,
     /// The lease that makes this process the only one acking the consumer.
     pub lease: Arc<ConsumerLease>,
-}
-
-/// How a settled batch is acknowledged; follows the consumer's own ack policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckMode {
-    /// `AckPolicy::All` (consumers this version creates): one ack, of the highest sequence.
-    HighestOfBatch,
-    /// `AckPolicy::Explicit` (consumers created by earlier versions): every message.
-    EachMessage,
-    /// Recovery reads through an ordered consumer: nothing to acknowledge.
-    Nothing,
 }
 
 /// Why a stream's loop stopped.
@@ -130,6 +99,16 @@ pub enum ConsumeError {
         #[source]
         source: async_nats::Error,
     },
+    /// Another sink consumer of the stream covers the same subjects.
+    #[error("{stream}: sink consumer(s) {others:?} read the same subjects as {own}, so both would write the same messages; stop the sinks using them, delete them (`nats consumer rm {stream} NAME`) and start again (the new consumer reads from the start and the check skips what is already written)")]
+    LayoutConflict {
+        /// Stream name.
+        stream: &'static str,
+        /// This sink's consumer.
+        own: String,
+        /// The overlapping consumers.
+        others: Vec<String>,
+    },
     /// The drain timeout expired with work in flight; un-acked messages will be redelivered.
     #[error(
         "stopped before {kind} batch was settled (drain timeout); its messages will be redelivered"
@@ -140,50 +119,63 @@ pub enum ConsumeError {
     },
 }
 
-/// A batch being collected: messages in stream order plus their payload size.
-struct Batch {
-    messages: Vec<jetstream::Message>,
-    bytes: usize,
-    started: Option<Instant>,
+/// The life of the stream being consumed: its incarnation, which table rows count as its own,
+/// and the watermark of rule **check**.
+#[derive(Debug, Clone, Copy)]
+struct StreamLife {
+    scope: CheckScope,
+    watermark: StreamSequence,
 }
 
-impl Batch {
-    fn new() -> Batch {
-        Batch {
-            messages: Vec::new(),
-            bytes: 0,
-            started: None,
-        }
-    }
-
-    fn push(&mut self, message: jetstream::Message) {
-        self.started.get_or_insert_with(Instant::now);
-        self.bytes += message.payload.len();
-        self.messages.push(message);
-    }
-
-    fn is_full(&self, policy: &BatchPolicy) -> bool {
-        self.messages.len() >= policy.max_rows || self.bytes >= policy.max_bytes
-    }
-
-    fn deadline(&self, policy: &BatchPolicy) -> Option<tokio::time::Instant> {
-        self.started
-            .map(|started| tokio::time::Instant::from_std(started + policy.max_age))
-    }
-
-    fn take(&mut self) -> Batch {
-        std::mem::replace(self, Batch::new())
+impl StreamLife {
+    /// Reads what the table holds for `incarnation`, logging earlier lives.
+    async fn establish<O: StoredObservation>(
+        context: &SinkContext,
+        incarnation: Incarnation,
+    ) -> Result<StreamLife, ConsumeError> {
+        let kind = O::KIND;
+        let stop = context.shutdown.abandoned();
+        let lives = retry(
+            RetryPolicy::INSERT.named("incarnations"),
+            stop,
+            DatabaseError::class,
+            || context.database.incarnations::<O>(),
+        )
+        .await
+        .map_err(|error| database_error(kind, error))?;
+        let newest_legacy = lives
+            .iter()
+            .find(|life| life.incarnation == Incarnation::LEGACY.0)
+            .map(|life| i64::from(life.newest_ingest));
+        let scope = CheckScope::decide(incarnation, newest_legacy);
+        let others: Vec<_> = lives
+            .into_iter()
+            .filter(|life| life.incarnation != incarnation.0)
+            .collect();
+        events::consuming_incarnation(kind, incarnation, &others, scope.include_legacy);
+        let watermark = retry(
+            RetryPolicy::INSERT.named("watermark"),
+            stop,
+            DatabaseError::class,
+            || context.database.max_sequence::<O>(scope),
+        )
+        .await
+        .map_err(|error| database_error(kind, error))?;
+        Ok(StreamLife { scope, watermark })
     }
 }
 
-/// Consumes `O`'s stream into its table until `shutdown` fires, then drains.
+fn incarnation_of(stream: &jetstream::stream::Stream) -> Incarnation {
+    Incarnation::from_created_nanos(stream.cached_info().created.unix_timestamp_nanos())
+}
+
+/// Consumes `O`'s stream into its table until intake stops, then drains.
 ///
 /// # Errors
 ///
 /// A [`ConsumeError`] for a permanent failure; transient ones are retried here.
 pub async fn consume_stream<O: StoredObservation>(
     context: Arc<SinkContext>,
-    shutdown: CancellationToken,
 ) -> Result<(), ConsumeError> {
     let kind = O::KIND;
     events::register(kind);
@@ -204,41 +196,32 @@ pub async fn consume_stream<O: StoredObservation>(
         }
         consumer_config.ack_policy = existing.config.ack_policy;
     }
+    refuse_overlapping_consumers(&context, kind, &stream, &consumer_config.filter_subject).await?;
     let consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
+    let incarnation = incarnation_of(&stream);
+    let life = StreamLife::establish::<O>(&context, incarnation).await?;
     let mut recovery = match consumer_config.ack_policy {
-        consumer::AckPolicy::All => Some(Recovery {
-            stream: stream.clone(),
-            consumer: consumer.clone(),
-            filter: consumer_config.filter_subject.clone(),
-            next_delivery: 0,
-        }),
+        consumer::AckPolicy::All => Some(Recovery::new(
+            stream.clone(),
+            consumer.clone(),
+            consumer_config.filter_subject.clone(),
+        )),
         _ => None,
     };
-    let ack_mode = match recovery {
-        Some(_) => AckMode::HighestOfBatch,
-        None => AckMode::EachMessage,
-    };
     if let Some(recovery) = recovery.as_mut() {
-        recovery.run::<O>(&context).await?;
+        recovery.run::<O>(&context, life.scope).await?;
     }
-    let watermark = retry(
-        RetryPolicy::INSERT.named("watermark"),
-        &context.hard_stop,
-        DatabaseError::class,
-        || context.database.max_sequence::<O>(),
-    )
-    .await
-    .map_err(|error| database_error(kind, error))?;
     let filter = match consumer_config.filter_subject.as_str() {
         "" => "(whole stream)",
         filter => filter,
     };
     tracing::info!(
         kind = %kind,
-        watermark,
+        incarnation = %incarnation,
+        watermark = life.watermark.0,
         consumer = %context.settings.consumer.durable_name,
         filter,
-        ?ack_mode,
+        ack_policy = ?consumer_config.ack_policy,
         "consuming stream"
     );
 
@@ -246,19 +229,11 @@ pub async fn consume_stream<O: StoredObservation>(
     let writer = tokio::spawn(write_batches::<O>(
         context.clone(),
         received,
-        watermark,
+        life,
         recovery,
     ));
-    let collected = collect_batches(
-        &context,
-        kind,
-        &stream,
-        consumer,
-        consumer_config,
-        &batches,
-        &shutdown,
-    )
-    .await;
+    let collected =
+        collect_batches(&context, kind, stream, consumer, consumer_config, &batches).await;
     drop(batches);
     let written = match writer.await {
         Ok(result) => result,
@@ -269,6 +244,46 @@ pub async fn consume_stream<O: StoredObservation>(
     };
     // A writer error explains a collector that stopped because the writer went away.
     written.and(collected)
+}
+
+/// Rule **one layout at a time**, checked against the consumers the stream has now.
+async fn refuse_overlapping_consumers(
+    context: &SinkContext,
+    kind: Kind,
+    stream: &jetstream::stream::Stream,
+    own_filter: &str,
+) -> Result<(), ConsumeError> {
+    let mut listed = stream.consumers();
+    let mut existing = Vec::new();
+    while let Some(info) = listed.next().await {
+        match info {
+            Ok(info) => existing.push((info.name.clone(), info.config.filter_subject.clone())),
+            Err(error) => {
+                return Err(ConsumeError::Pull {
+                    stream: kind.stream_name(),
+                    consumer: context.settings.consumer.durable_name.clone(),
+                    source: error.into(),
+                })
+            }
+        }
+    }
+    let others = delivery::overlapping_sink_consumers(
+        &context.settings.consumer.base_name,
+        &context.settings.consumer.durable_name,
+        own_filter,
+        existing
+            .iter()
+            .map(|(name, filter)| (name.as_str(), filter.as_str())),
+    );
+    if others.is_empty() {
+        Ok(())
+    } else {
+        Err(ConsumeError::LayoutConflict {
+            stream: kind.stream_name(),
+            own: context.settings.consumer.durable_name.clone(),
+            others,
+        })
+    }
 }
 
 fn consumer_config(kind: Kind, settings: &SinkSettings) -> consumer::pull::Config {
@@ -282,7 +297,7 @@ fn consumer_config(kind: Kind, settings: &SinkSettings) -> consumer::pull::Confi
             // subject than to one without (measured by `bench`, see BENCHMARKS.md).
             None => String::new(),
         },
-        // One ack per batch (module docs, rule 5); an existing consumer keeps its own policy.
+        // One ack per batch (rule **ack all**); an existing consumer keeps its own policy.
         ack_policy: consumer::AckPolicy::All,
         ack_wait: settings.consumer.ack_wait,
         max_ack_pending: settings.consumer.max_ack_pending as i64,
@@ -296,21 +311,21 @@ fn consumer_config(kind: Kind, settings: &SinkSettings) -> consumer::pull::Confi
 async fn collect_batches(
     context: &SinkContext,
     kind: Kind,
-    stream: &jetstream::stream::Stream,
+    mut stream: jetstream::stream::Stream,
     mut consumer: consumer::PullConsumer,
     consumer_config: consumer::pull::Config,
     batches: &mpsc::Sender<Batch>,
-    shutdown: &CancellationToken,
 ) -> Result<(), ConsumeError> {
     let policy = context.settings.batch;
     let ack_wait = context.settings.consumer.ack_wait;
-    let mut batch = Batch::new();
+    let intake = context.shutdown.intake();
+    let mut batch = Batch::new(incarnation_of(&stream));
     let mut messages = open_messages(&consumer, kind, &policy).await?;
     loop {
         let deadline = batch.deadline(&policy);
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
+            () = intake.cancelled() => break,
             () = sleep_until(deadline) => {
                 hand_off(batches, batch.take(), ack_wait).await?;
             }
@@ -324,9 +339,18 @@ async fn collect_batches(
                 Some(Err(error)) => {
                     use consumer::pull::MessagesErrorKind as K;
                     tracing::warn!(kind = %kind, %error, "pull interrupted");
-                    if matches!(error.kind(), K::ConsumerDeleted | K::NoResponders | K::RequestLimitExceeded) {
+                    if matches!(error.kind(), K::ConsumerDeleted | K::NoResponders | K::RequestLimitExceeded | K::MissingHeartbeat) {
                         tokio::time::sleep(Duration::from_millis(500)).await;
-                        consumer = ensure_pull_consumer(stream, consumer_config.clone()).await?;
+                        // The stream itself may have been deleted and recreated: provision
+                        // again and cut the batch before messages of a new incarnation join it.
+                        stream = ensure_stream(&context.jetstream, event_stream_config(kind, &context.settings.streams)).await?;
+                        let incarnation = incarnation_of(&stream);
+                        if incarnation != batch.incarnation {
+                            tracing::warn!(kind = %kind, previous = %batch.incarnation, %incarnation, "the stream was recreated; its sequences start again under a new incarnation");
+                            hand_off(batches, batch.take(), ack_wait).await?;
+                            batch = Batch::new(incarnation);
+                        }
+                        consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
                         messages = open_messages(&consumer, kind, &policy).await?;
                     }
                 }
@@ -351,7 +375,7 @@ async fn open_messages(
     kind: Kind,
     policy: &BatchPolicy,
 ) -> Result<consumer::pull::Stream, ConsumeError> {
-    let shutdown_never = CancellationToken::new();
+    let shutdown_never = tokio_util::sync::CancellationToken::new();
     retry(
         RetryPolicy::CONNECT.named("pull"),
         &shutdown_never,
@@ -405,485 +429,48 @@ async fn hand_off(
         .and_then(|message| message.info().ok())
         .and_then(|info| Kind::from_stream_name(info.stream))
         .unwrap_or(Kind::Wave);
-    let mut progress = progress_ticker(ack_wait);
-    let reserve = batches.reserve();
-    tokio::pin!(reserve);
-    loop {
-        tokio::select! {
-            permit = &mut reserve => {
-                return match permit {
-                    Ok(permit) => {
-                        permit.send(batch);
-                        Ok(())
-                    }
-                    // The writer stopped; its own error is reported by consume_stream.
-                    Err(_closed) => Err(ConsumeError::Interrupted { kind }),
-                };
-            }
-            _ = progress.tick() => send_progress(&batch.messages).await,
-        }
-    }
+    let messages = batch.messages.clone();
+    let sent = crate::batch::keep_alive(batches.send(batch), &messages, ack_wait).await;
+    // The writer stopped; its own error is reported by consume_stream.
+    sent.map_err(|_closed| ConsumeError::Interrupted { kind })
 }
 
-fn progress_ticker(ack_wait: Duration) -> tokio::time::Interval {
-    let period = (ack_wait / 3).max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker
-}
-
-async fn send_progress(messages: &[jetstream::Message]) {
-    for message in messages {
-        // A lost progress ack only means an earlier redelivery, which the check absorbs.
-        let _ = message.ack_with(AckKind::Progress).await;
-    }
-}
-
-/// Writes batches in order. Under `AckPolicy::All` it also follows the consumer sequence of
-/// every delivery: consecutive numbers prove that this sink received every delivery of the
-/// consumer since its last re-read. A gap means another process received some (a paused
-/// predecessor's pull request) or some were lost in transit (a reconnect); then the batch is
-/// written but not acked, and the un-acked range is re-read before anything else is acked.
+/// Settles batches in order. Under `AckPolicy::All` it also follows the consumer sequence of
+/// every delivery (rule **gap**): a gap leaves the batch un-acked, and the un-acked range is
+/// re-read before anything else is acked. A batch of a new stream incarnation (the stream was
+/// recreated) re-reads what the table holds of it first.
 async fn write_batches<O: StoredObservation>(
     context: Arc<SinkContext>,
     mut received: mpsc::Receiver<Batch>,
-    mut watermark: u64,
+    mut life: StreamLife,
     mut recovery: Option<Recovery>,
 ) -> Result<(), ConsumeError> {
     while let Some(batch) = received.recv().await {
-        let Some(recovery) = recovery.as_mut() else {
-            write_batch::<O>(&context, batch, watermark, AckMode::EachMessage, None).await?;
-            continue;
+        if batch.incarnation != life.scope.current {
+            life = StreamLife::establish::<O>(&context, batch.incarnation).await?;
+            if let Some(recovery) = recovery.as_mut() {
+                recovery.run::<O>(&context, life.scope).await?;
+            }
+        }
+        let ack_mode = match recovery {
+            Some(_) => AckMode::HighestOfBatch,
+            None => AckMode::EachMessage,
         };
-        let gap = write_batch::<O>(
-            &context,
-            batch,
-            watermark,
-            AckMode::HighestOfBatch,
-            Some(&mut recovery.next_delivery),
-        )
-        .await?;
-        if let Some(missing) = gap {
-            events::delivery_gap(O::KIND, missing);
-            let last_stream_sequence = recovery.run::<O>(&context).await?;
+        let settlement = Settlement {
+            scope: life.scope,
+            watermark: life.watermark,
+            ack_mode,
+            tracker: recovery.as_mut().map(|recovery| &mut recovery.tracker),
+        };
+        let gap = settle_batch::<O>(&context, batch, settlement).await?;
+        if let (Some(missing), Some(recovery)) = (gap, recovery.as_mut()) {
+            events::delivery_gap(O::KIND, missing.0);
+            let last = recovery.run::<O>(&context, life.scope).await?;
             // What was re-read may come again as ordinary deliveries: check those.
-            watermark = watermark.max(last_stream_sequence);
+            life.watermark = life.watermark.max(last);
         }
     }
     Ok(())
-}
-
-/// The consumer's position in deliveries, and what is needed to re-read its un-acked range
-/// (`AckPolicy::All` only).
-struct Recovery {
-    stream: jetstream::stream::Stream,
-    consumer: consumer::PullConsumer,
-    /// The consumer's filter subject (empty: the whole stream).
-    filter: String,
-    /// Consumer sequence the next delivery carries if this sink received every one since the
-    /// last re-read.
-    next_delivery: u64,
-}
-
-impl Recovery {
-    /// Re-reads the un-acked range (see [`reread_unacked`]) and restarts the delivery count
-    /// after it; returns the last delivered stream sequence.
-    async fn run<O: StoredObservation>(
-        &mut self,
-        context: &Arc<SinkContext>,
-    ) -> Result<u64, ConsumeError> {
-        let delivered =
-            reread_unacked::<O>(context, &self.stream, &mut self.consumer, &self.filter).await?;
-        self.next_delivery = delivered.consumer_sequence + 1;
-        Ok(delivered.stream_sequence)
-    }
-}
-
-/// Settles, before anything more is acked, every message of the consumer that was delivered
-/// but not acked and so may not be written: what a previous holder left, or what another
-/// receiver took. Under `AckPolicy::All` the next ack would otherwise ack them unwritten. They
-/// lie between the consumer's ack floor and its last delivered sequence; they are read again
-/// through an ephemeral consumer with the same filter and written with the exact check, so the
-/// ones already in the table are skipped. Returns the consumer's delivered position as read
-/// before the re-read.
-async fn reread_unacked<O: StoredObservation>(
-    context: &Arc<SinkContext>,
-    stream: &jetstream::stream::Stream,
-    consumer: &mut consumer::PullConsumer,
-    filter: &str,
-) -> Result<consumer::SequenceInfo, ConsumeError> {
-    let kind = O::KIND;
-    let info = consumer
-        .info()
-        .await
-        .map_err(|error| ConsumeError::Pull {
-            stream: kind.stream_name(),
-            consumer: context.settings.consumer.durable_name.clone(),
-            source: error.into(),
-        })?
-        .clone();
-    if info.num_ack_pending == 0 {
-        return Ok(info.delivered);
-    }
-    let first = info.ack_floor.stream_sequence + 1;
-    let last = info.delivered.stream_sequence;
-    let recovery_error = |source: async_nats::Error| ConsumeError::Recovery {
-        stream: kind.stream_name(),
-        first,
-        last,
-        source,
-    };
-    tracing::info!(
-        kind = %kind,
-        un_acked = info.num_ack_pending,
-        first,
-        last,
-        "messages delivered but not acked; re-reading them before the next ack"
-    );
-    // An ephemeral consumer read with no-wait fetches: an empty fetch means nothing more.
-    let reader = stream
-        .create_consumer(consumer::pull::Config {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: first,
-            },
-            filter_subject: filter.to_owned(),
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(60),
-            description: Some(format!(
-                "sink-clickhouse: re-reading {kind} sequences {first}..={last}"
-            )),
-            ..Default::default()
-        })
-        .await
-        .map_err(|error| recovery_error(error.into()))?;
-    let policy = context.settings.batch;
-    let mut batch = Batch::new();
-    let mut read = 0_u64;
-    'fetching: loop {
-        let mut fetched = reader
-            .fetch()
-            .max_messages(policy.max_rows.clamp(1, 10_000))
-            .messages()
-            .await
-            .map_err(|error| recovery_error(error.into()))?;
-        let mut got_any = false;
-        while let Some(message) = fetched.next().await {
-            let message = message.map_err(&recovery_error)?;
-            let Ok(meta) = message.info() else { continue };
-            got_any = true;
-            if meta.stream_sequence > last {
-                break 'fetching;
-            }
-            read += 1;
-            batch.push(message);
-            if batch.is_full(&policy) {
-                write_batch::<O>(context, batch.take(), u64::MAX, AckMode::Nothing, None).await?;
-            }
-        }
-        if !got_any {
-            break;
-        }
-    }
-    if !batch.messages.is_empty() {
-        write_batch::<O>(context, batch.take(), u64::MAX, AckMode::Nothing, None).await?;
-    }
-    let _ = stream.delete_consumer(&reader.cached_info().name).await;
-    events::recovered(kind, read, first, last);
-    Ok(info.delivered)
-}
-
-/// A decoded message waiting for its INSERT.
-pub(crate) struct PendingRow<R> {
-    pub(crate) sequence: u64,
-    pub(crate) row: R,
-}
-
-/// Settles one batch and acks it as `ack_mode` says. With `next_delivery` (`AckPolicy::All`)
-/// it follows the consumer sequences of the deliveries; if one is missing it does not ack and
-/// returns the first missing number.
-#[tracing::instrument(skip_all, fields(kind = %O::KIND, messages = batch.messages.len()))]
-async fn write_batch<O: StoredObservation>(
-    context: &Arc<SinkContext>,
-    batch: Batch,
-    watermark: u64,
-    ack_mode: AckMode,
-    mut next_delivery: Option<&mut u64>,
-) -> Result<Option<u64>, ConsumeError> {
-    let kind = O::KIND;
-    let mut gap = None;
-    let mut rows = Vec::with_capacity(batch.messages.len());
-    let mut needs_check = false;
-    let mut last_pending = None;
-    // The message with the highest stream sequence, acked under `AckPolicy::All`. (`info()`
-    // parses the reply subject, so it is read once per message.)
-    let mut highest: Option<(u64, &jetstream::Message)> = None;
-    for message in &batch.messages {
-        let Ok(info) = message.info() else {
-            // Not a JetStream delivery (no reply subject): nothing to ack either.
-            tracing::error!(kind = %kind, subject = %message.subject, "message without jetstream metadata ignored");
-            continue;
-        };
-        let sequence = info.stream_sequence;
-        needs_check |= info.delivered > 1 || sequence <= watermark;
-        last_pending = Some(info.pending);
-        if highest.is_none_or(|(top, _)| sequence > top) {
-            highest = Some((sequence, message));
-        }
-        if let Some(next) = next_delivery.as_deref_mut() {
-            // Deliveries at or below `next` were covered by the last re-read.
-            let delivery = info.consumer_sequence;
-            if delivery > *next && gap.is_none() {
-                gap = Some(*next);
-            }
-            *next = (*next).max(delivery + 1);
-        }
-        match Event::<O>::decode(&message.payload) {
-            Ok(event) => rows.push(PendingRow {
-                sequence,
-                row: O::to_row(event, sequence),
-            }),
-            Err(error) => {
-                publish_dead_letter(context, kind, message, sequence, &error).await?;
-            }
-        }
-    }
-
-    // A sink paused past its lease (a standby may have taken over and re-read this batch)
-    // neither writes nor acks until a renewal proves nobody else holds the consumer.
-    context.lease.confirm_held(&context.hard_stop).await?;
-    let started = Instant::now();
-    let rows = Arc::new(rows);
-    let written =
-        insert_with_retry::<O>(context, rows.clone(), needs_check, &batch.messages).await?;
-    let insert_time = started.elapsed();
-    let already_applied = rows.len() - written.len();
-    // Every message is settled (inserted, already present, or safely dead-lettered): ack all.
-    let mut ack_failures = 0_usize;
-    match ack_mode {
-        AckMode::EachMessage => {
-            for message in &batch.messages {
-                if message.ack().await.is_err() {
-                    ack_failures += 1;
-                }
-            }
-        }
-        // With a gap the batch stays un-acked: the caller re-reads the range first.
-        AckMode::HighestOfBatch if gap.is_some() => {}
-        AckMode::HighestOfBatch => {
-            // Acks every earlier message of the consumer too (module docs, rule 5).
-            if let Some((_, message)) = highest {
-                context.lease.confirm_held(&context.hard_stop).await?;
-                if message.ack().await.is_err() {
-                    ack_failures += batch.messages.len();
-                }
-            }
-        }
-        AckMode::Nothing => {}
-    }
-    if ack_failures > 0 {
-        tracing::warn!(kind = %kind, ack_failures, "acks not sent; those messages will be redelivered and skipped by the check");
-    }
-    events::batch_written(kind, written.len(), already_applied, insert_time);
-    if let Some(pending) = last_pending {
-        events::consumer_pending(kind, pending);
-    }
-    context.health.set_ready("clickhouse");
-    Ok(gap)
-}
-
-/// State carried across INSERT attempts of one batch.
-#[derive(Default)]
-struct AttemptState {
-    attempt: u32,
-    must_check: bool,
-    previous_query_id: Option<String>,
-}
-
-/// Inserts the rows not yet in the table; returns the sequences this call wrote.
-async fn insert_with_retry<O: StoredObservation>(
-    context: &Arc<SinkContext>,
-    rows: Arc<Vec<PendingRow<O::Row>>>,
-    needs_check: bool,
-    messages: &[jetstream::Message],
-) -> Result<HashSet<u64>, ConsumeError> {
-    if rows.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let kind = O::KIND;
-    // A std mutex: it is only held for short updates, never across an await.
-    let state = Arc::new(Mutex::new(AttemptState {
-        must_check: needs_check,
-        ..AttemptState::default()
-    }));
-    let batch_id: Arc<str> = batch_identity(kind, &rows).into();
-    let attempt = || {
-        next_attempt::<O>(
-            context.clone(),
-            rows.clone(),
-            state.clone(),
-            batch_id.clone(),
-        )
-    };
-    let retried = retry(
-        RetryPolicy::INSERT,
-        &context.hard_stop,
-        DatabaseError::class,
-        attempt,
-    );
-    tokio::pin!(retried);
-    let mut progress = progress_ticker(context.settings.consumer.ack_wait);
-    loop {
-        tokio::select! {
-            result = &mut retried => {
-                return match result {
-                    Ok(written) => Ok(written),
-                    Err(RetryError::Failed(source)) => Err(ConsumeError::Database { kind, source }),
-                    Err(RetryError::Cancelled) => Err(ConsumeError::Interrupted { kind }),
-                };
-            }
-            _ = progress.tick() => send_progress(messages).await,
-        }
-    }
-}
-
-/// One INSERT attempt; takes owned handles so the retried future borrows nothing.
-async fn next_attempt<O: StoredObservation>(
-    context: Arc<SinkContext>,
-    rows: Arc<Vec<PendingRow<O::Row>>>,
-    state: Arc<Mutex<AttemptState>>,
-    batch_id: Arc<str>,
-) -> Result<HashSet<u64>, DatabaseError> {
-    let (query_id, must_check, previous) = {
-        let mut state = state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.attempt += 1;
-        let query_id = format!("{batch_id}-{}", state.attempt);
-        let previous = state.previous_query_id.replace(query_id.clone());
-        let must_check = state.must_check;
-        // Whatever happens to this attempt, the next one must look before it writes.
-        state.must_check = true;
-        (query_id, must_check, previous)
-    };
-    let result = attempt_insert::<O>(
-        &context.database,
-        context.settings.clickhouse.timeout,
-        &rows,
-        must_check,
-        previous.as_deref(),
-        &query_id,
-        &batch_id,
-    )
-    .await;
-    if let Err(error) = &result {
-        context
-            .health
-            .set_not_ready("clickhouse", format!("{} insert failing: {error}", O::KIND));
-    }
-    result
-}
-
-/// Writes the rows of `rows` whose sequence is not in the table yet (all of them when
-/// `must_check` is false: a first delivery above the watermark). Waits first for a previous
-/// attempt's INSERT that may still be running. Returns the sequences written.
-pub(crate) async fn attempt_insert<O: StoredObservation>(
-    database: &Database,
-    timeout: std::time::Duration,
-    rows: &[PendingRow<O::Row>],
-    must_check: bool,
-    previous_query_id: Option<&str>,
-    query_id: &str,
-    batch_id: &str,
-) -> Result<HashSet<u64>, DatabaseError> {
-    if let Some(previous) = previous_query_id {
-        database.wait_until_finished(previous).await?;
-    }
-    let existing = if must_check {
-        let first = rows.iter().map(|row| row.sequence).min().unwrap_or(0);
-        let last = rows.iter().map(|row| row.sequence).max().unwrap_or(0);
-        database.existing_sequences::<O>(first, last).await?
-    } else {
-        HashSet::new()
-    };
-    let mut missing_rows: Vec<&O::Row> = Vec::with_capacity(rows.len());
-    let mut missing_sequences = HashSet::with_capacity(rows.len());
-    for pending in rows {
-        if !existing.contains(&pending.sequence) {
-            missing_rows.push(&pending.row);
-            missing_sequences.insert(pending.sequence);
-        }
-    }
-    if missing_rows.is_empty() {
-        return Ok(missing_sequences);
-    }
-    database
-        .insert_rows::<O>(&missing_rows, query_id, batch_id, timeout)
-        .await?;
-    Ok(missing_sequences)
-}
-
-/// Identity of a batch: stream, sequence range and a hash of its sequences. Used as the
-/// INSERT's query id prefix and as `insert_deduplication_token`.
-pub(crate) fn batch_identity<R>(kind: Kind, rows: &[PendingRow<R>]) -> String {
-    let mut digest = Sha256::new();
-    for row in rows {
-        digest.update(row.sequence.to_be_bytes());
-    }
-    let hash = digest.finalize();
-    let first = rows.first().map(|row| row.sequence).unwrap_or(0);
-    let last = rows.last().map(|row| row.sequence).unwrap_or(0);
-    format!(
-        "nomadwave-{}-{first}-{last}-{:02x}{:02x}{:02x}{:02x}",
-        kind.stream_name(),
-        hash[0],
-        hash[1],
-        hash[2],
-        hash[3]
-    )
-}
-
-async fn publish_dead_letter(
-    context: &SinkContext,
-    kind: Kind,
-    message: &jetstream::Message,
-    sequence: u64,
-    error: &schema::DecodeError,
-) -> Result<(), ConsumeError> {
-    let reason = error.reason();
-    let detail = runtime::config::error_line(error);
-    let sequence_text = sequence.to_string();
-    let outgoing = runtime::publish::dead_letter(
-        kind,
-        reason,
-        &detail,
-        // One dead letter per source message, however often it is redelivered.
-        format!("deadletter-{}-{sequence}", kind.stream_name()),
-        &[
-            (dead_letter::SOURCE_STREAM, kind.stream_name()),
-            (dead_letter::SOURCE_SEQUENCE, &sequence_text),
-            (dead_letter::SOURCE_SUBJECT, &message.subject),
-        ],
-        message.payload.clone(),
-    );
-    let published = publish_with_id(
-        &context.jetstream,
-        outgoing,
-        RetryPolicy::PUBLISH.named("dead_letter"),
-        &context.hard_stop,
-    )
-    .await;
-    match published {
-        Ok(_) => {
-            events::dead_lettered(kind, sequence, reason, &detail);
-            Ok(())
-        }
-        Err(RetryError::Failed(source)) => Err(ConsumeError::DeadLetter {
-            stream: kind.stream_name(),
-            sequence,
-            source,
-        }),
-        Err(RetryError::Cancelled) => Err(ConsumeError::Interrupted { kind }),
-    }
 }
 
 fn database_error(kind: Kind, error: RetryError<DatabaseError>) -> ConsumeError {

@@ -5,56 +5,20 @@
 //! schema validation is switched on only where the server supports it.
 
 use std::collections::HashSet;
-use std::fmt;
+use std::future::Future;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use clickhouse::sql::Identifier;
 use clickhouse::Client;
 use runtime::ErrorClass;
 use thiserror::Error;
 
 use crate::config::ClickHouseSettings;
+use crate::delivery::{CheckScope, StreamSequence};
 use crate::rows::StoredObservation;
-
-/// A ClickHouse server version, as `major.minor`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ServerVersion {
-    /// Major (year-based since 18.x).
-    pub major: u32,
-    /// Minor.
-    pub minor: u32,
-}
-
-impl ServerVersion {
-    /// Parses `version()` output such as `18.16.1` or `24.8.4.13`.
-    pub fn parse(text: &str) -> Option<ServerVersion> {
-        let mut parts = text.trim().split('.');
-        let major = parts.next()?.parse().ok()?;
-        let minor = parts.next()?.parse().ok()?;
-        Some(ServerVersion { major, minor })
-    }
-
-    /// Whether the server knows `insert_deduplication_token` (22.2 and later).
-    pub fn supports_insert_deduplication_token(self) -> bool {
-        self >= ServerVersion {
-            major: 22,
-            minor: 2,
-        }
-    }
-
-    /// Whether the client's `RowBinaryWithNamesAndTypes` validation works (24.10 and later).
-    pub fn supports_row_validation(self) -> bool {
-        self >= ServerVersion {
-            major: 24,
-            minor: 10,
-        }
-    }
-}
-
-impl fmt::Display for ServerVersion {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{}.{}", self.major, self.minor)
-    }
-}
+use crate::tables;
+pub use crate::version::ServerVersion;
 
 /// A failed ClickHouse operation, with what was attempted.
 ///
@@ -142,6 +106,44 @@ pub struct Database {
     server: Client,
     database: String,
     version: ServerVersion,
+    /// Bound on every statement (INSERTs carry it as their HTTP timeouts).
+    timeout: Duration,
+}
+
+/// What the table holds of one stream incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clickhouse::Row, serde::Deserialize)]
+pub struct IncarnationRows {
+    /// The incarnation (0: rows from before incarnations were stored).
+    pub incarnation: u64,
+    /// Rows.
+    pub rows: u64,
+    /// Highest stream sequence.
+    pub last_sequence: u64,
+    /// Newest `ingested_at`, Unix seconds.
+    pub newest_ingest: u32,
+}
+
+/// Runs `query` under `timeout`; a query past it fails as [`clickhouse::error::Error::TimedOut`]
+/// (transient), so no statement can hang a stream.
+async fn bounded<T>(
+    timeout: Duration,
+    operation: &'static str,
+    target: String,
+    query: impl Future<Output = Result<T, clickhouse::error::Error>>,
+) -> Result<T, DatabaseError> {
+    match tokio::time::timeout(timeout, query).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(DatabaseError {
+            operation,
+            target,
+            source,
+        }),
+        Err(_elapsed) => Err(DatabaseError {
+            operation,
+            target,
+            source: clickhouse::error::Error::TimedOut,
+        }),
+    }
 }
 
 impl Database {
@@ -188,6 +190,7 @@ impl Database {
             server,
             database: settings.database.clone(),
             version,
+            timeout: settings.timeout,
         })
     }
 
@@ -201,115 +204,206 @@ impl Database {
         &self.database
     }
 
-    /// Creates the database and the three event tables if missing.
+    /// The statement bound.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn table_target(&self, table: &str) -> String {
+        format!("{}.{table}", self.database)
+    }
+
+    /// Creates the database and the event tables if missing, and brings tables an earlier
+    /// version made up to date: missing columns are added (`stream_incarnation`, 0 in old
+    /// rows), and on 22.2 and later the deduplication window is set where it is missing (a
+    /// table created on 18.16 and now served by a current server).
     ///
     /// # Errors
     ///
     /// A [`DatabaseError`] naming the statement's target.
     pub async fn migrate(&self) -> Result<(), DatabaseError> {
-        let migrate_error = |target: String| {
-            move |source| DatabaseError {
-                operation: "migrate",
-                target,
-                source,
-            }
-        };
-        self.server
-            .query("CREATE DATABASE IF NOT EXISTS ?")
-            .bind(Identifier(&self.database))
-            .execute()
-            .await
-            .map_err(migrate_error(self.database.clone()))?;
-        for statement in crate::rows::table_ddl(self.version) {
+        bounded(
+            self.timeout,
+            "migrate",
+            self.database.clone(),
             self.server
-                .query(&statement.sql)
+                .query("CREATE DATABASE IF NOT EXISTS ?")
                 .bind(Identifier(&self.database))
-                .execute()
-                .await
-                .map_err(migrate_error(format!(
-                    "{}.{}",
-                    self.database, statement.table
-                )))?;
-            tracing::info!(database = %self.database, table = statement.table, "table ready");
+                .execute(),
+        )
+        .await?;
+        for layout in tables::ALL {
+            let target = self.table_target(layout.table);
+            let create = layout.create_statement(self.version);
+            bounded(
+                self.timeout,
+                "migrate",
+                target.clone(),
+                self.server
+                    .query(&create.sql)
+                    .bind(Identifier(&self.database))
+                    .execute(),
+            )
+            .await?;
+            let columns: Vec<String> = bounded(
+                self.timeout,
+                "migrate (columns)",
+                target.clone(),
+                self.server
+                    .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+                    .bind(&self.database)
+                    .bind(layout.table)
+                    .fetch_all::<String>(),
+            )
+            .await?;
+            let engine_full: String = bounded(
+                self.timeout,
+                "migrate (engine)",
+                target.clone(),
+                self.server
+                    .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+                    .bind(&self.database)
+                    .bind(layout.table)
+                    .fetch_one::<String>(),
+            )
+            .await?;
+            for statement in layout.upgrade_statements(&columns, &engine_full, self.version) {
+                bounded(
+                    self.timeout,
+                    "migrate (upgrade)",
+                    target.clone(),
+                    self.server
+                        .query(&statement.sql)
+                        .bind(Identifier(&self.database))
+                        .execute(),
+                )
+                .await?;
+                tracing::warn!(table = %target, statement = %statement.sql, "table upgraded");
+            }
+            tracing::info!(table = %target, "table ready");
         }
         Ok(())
     }
 
-    /// Highest stream sequence already written to `O`'s table (0 when empty).
+    /// Rows per stream incarnation in `O`'s table (one small row each; read at startup).
     ///
     /// # Errors
     ///
-    /// A [`DatabaseError`] when the query fails.
-    pub async fn max_sequence<O: StoredObservation>(&self) -> Result<u64, DatabaseError> {
-        self.client
-            .query("SELECT max(stream_seq) FROM ?")
-            .bind(Identifier(O::TABLE))
-            .fetch_one::<u64>()
-            .await
-            .map_err(|source| DatabaseError {
-                operation: "watermark query",
-                target: format!("{}.{}", self.database, O::TABLE),
-                source,
-            })
+    /// A [`DatabaseError`] when the query fails or times out.
+    pub async fn incarnations<O: StoredObservation>(
+        &self,
+    ) -> Result<Vec<IncarnationRows>, DatabaseError> {
+        bounded(
+            self.timeout,
+            "incarnation query",
+            self.table_target(O::TABLE),
+            self.client
+                .query(
+                    "SELECT stream_incarnation, count(), max(stream_seq), \
+                     toUInt32(max(ingested_at)) FROM ? GROUP BY stream_incarnation",
+                )
+                .bind(Identifier(O::TABLE))
+                .fetch_all::<IncarnationRows>(),
+        )
+        .await
     }
 
-    /// Which of the stream sequences in `first..=last` are already in `O`'s table.
+    /// Highest stream sequence already written to `O`'s table for `scope`'s incarnation (0
+    /// when none): the watermark of rule **check**.
+    ///
+    /// # Errors
+    ///
+    /// A [`DatabaseError`] when the query fails or times out.
+    pub async fn max_sequence<O: StoredObservation>(
+        &self,
+        scope: CheckScope,
+    ) -> Result<StreamSequence, DatabaseError> {
+        bounded(
+            self.timeout,
+            "watermark query",
+            self.table_target(O::TABLE),
+            self.client
+                .query(&format!(
+                    "SELECT max(stream_seq) FROM ? WHERE stream_incarnation IN ({})",
+                    scope.sql_list()
+                ))
+                .bind(Identifier(O::TABLE))
+                .fetch_one::<u64>(),
+        )
+        .await
+        .map(StreamSequence)
+    }
+
+    /// Which of the stream sequences in `first..=last` of `scope`'s incarnation are already in
+    /// `O`'s table.
     ///
     /// This is the exact redelivery check: it looks at every sequence, so a batch that a crash
     /// left half-written (one partition's part committed, another's not) is completed without
-    /// writing any row twice.
+    /// writing any row twice. `observed` (the batch's earliest and latest `observed_at`)
+    /// bounds the read to the partitions and primary-key range those rows can be in, so its
+    /// cost follows the batch, not the table.
     ///
     /// # Errors
     ///
-    /// A [`DatabaseError`] when the query fails.
+    /// A [`DatabaseError`] when the query fails or times out.
     pub async fn existing_sequences<O: StoredObservation>(
         &self,
-        first: u64,
-        last: u64,
+        scope: CheckScope,
+        first: StreamSequence,
+        last: StreamSequence,
+        observed: (DateTime<Utc>, DateTime<Utc>),
     ) -> Result<HashSet<u64>, DatabaseError> {
-        let sequences = self
-            .client
-            .query("SELECT stream_seq FROM ? WHERE stream_seq >= ? AND stream_seq <= ?")
-            .bind(Identifier(O::TABLE))
-            .bind(first)
-            .bind(last)
-            .fetch_all::<u64>()
-            .await
-            .map_err(|source| DatabaseError {
-                operation: "redelivery check",
-                target: format!("{}.{}", self.database, O::TABLE),
-                source,
-            })?;
+        let sequences = bounded(
+            self.timeout,
+            "redelivery check",
+            self.table_target(O::TABLE),
+            self.client
+                .query(&format!(
+                    "SELECT stream_seq FROM ? WHERE observed_at >= toDateTime(?) \
+                     AND observed_at <= toDateTime(?) AND stream_incarnation IN ({}) \
+                     AND stream_seq >= ? AND stream_seq <= ?",
+                    scope.sql_list()
+                ))
+                .bind(Identifier(O::TABLE))
+                .bind(observed.0.timestamp().max(0) as u32)
+                .bind(observed.1.timestamp().clamp(0, i64::from(u32::MAX)) as u32)
+                .bind(first.0)
+                .bind(last.0)
+                .fetch_all::<u64>(),
+        )
+        .await?;
         Ok(sequences.into_iter().collect())
     }
 
-    /// The natural key of every row with a stream sequence in `first..=last`:
-    /// `(stream_seq, site or zone, observed_at as Unix seconds, source)`.
+    /// The natural key of every row of `scope`'s incarnation with a stream sequence in
+    /// `first..=last`: `(stream_seq, site or zone, observed_at as Unix seconds, source)`.
     ///
     /// # Errors
     ///
-    /// A [`DatabaseError`] when the query fails.
+    /// A [`DatabaseError`] when the query fails or times out.
     pub async fn natural_keys<O: StoredObservation>(
         &self,
-        first: u64,
-        last: u64,
+        scope: CheckScope,
+        first: StreamSequence,
+        last: StreamSequence,
     ) -> Result<Vec<(u64, String, u32, String)>, DatabaseError> {
-        self.client
-            .query(&format!(
-                "SELECT stream_seq, {}, toUnixTimestamp(observed_at), source FROM ? \
-                 WHERE stream_seq >= ? AND stream_seq <= ?",
-                O::SITE_COLUMN
-            ))
-            .bind(Identifier(O::TABLE))
-            .bind(first)
-            .bind(last)
-            .fetch_all::<(u64, String, u32, String)>()
-            .await
-            .map_err(|source| DatabaseError {
-                operation: "verification query",
-                target: format!("{}.{}", self.database, O::TABLE),
-                source,
-            })
+        bounded(
+            self.timeout,
+            "verification query",
+            self.table_target(O::TABLE),
+            self.client
+                .query(&format!(
+                    "SELECT stream_seq, {}, toUnixTimestamp(observed_at), source FROM ? \
+                     WHERE stream_incarnation IN ({}) AND stream_seq >= ? AND stream_seq <= ?",
+                    O::LAYOUT.site_column,
+                    scope.sql_list()
+                ))
+                .bind(Identifier(O::TABLE))
+                .bind(first.0)
+                .bind(last.0)
+                .fetch_all::<(u64, String, u32, String)>(),
+        )
+        .await
     }
 
     /// Waits until no query with `query_id` runs on the server any more.
@@ -322,17 +416,16 @@ impl Database {
     /// A [`DatabaseError`] when the query fails.
     pub async fn wait_until_finished(&self, query_id: &str) -> Result<(), DatabaseError> {
         loop {
-            let running = self
-                .server
-                .query("SELECT count() FROM system.processes WHERE query_id = ?")
-                .bind(query_id)
-                .fetch_one::<u64>()
-                .await
-                .map_err(|source| DatabaseError {
-                    operation: "process check",
-                    target: query_id.to_owned(),
-                    source,
-                })?;
+            let running = bounded(
+                self.timeout,
+                "process check",
+                query_id.to_owned(),
+                self.server
+                    .query("SELECT count() FROM system.processes WHERE query_id = ?")
+                    .bind(query_id)
+                    .fetch_one::<u64>(),
+            )
+            .await?;
             if running == 0 {
                 return Ok(());
             }
@@ -353,8 +446,8 @@ impl Database {
         rows: &[&O::Row],
         query_id: &str,
         deduplication_token: &str,
-        timeout: std::time::Duration,
     ) -> Result<(), DatabaseError> {
+        let timeout = self.timeout;
         let insert_error = |source| DatabaseError {
             operation: "insert",
             target: format!("{}.{}", self.database, O::TABLE),
@@ -370,6 +463,11 @@ impl Database {
         if self.version.supports_insert_deduplication_token() {
             insert = insert.with_setting("insert_deduplication_token", deduplication_token);
         }
+        if self.version.knows_async_insert() {
+            // On by default from 26.3: an asynchronous INSERT returns before its rows are in a
+            // part, and the sink acks on return.
+            insert = insert.with_setting("async_insert", "0");
+        }
         for row in rows {
             insert.write(*row).await.map_err(insert_error)?;
         }
@@ -380,23 +478,6 @@ impl Database {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_versions_and_gates_features() {
-        let debian = ServerVersion::parse("18.16.1").unwrap();
-        assert!(!debian.supports_insert_deduplication_token());
-        assert!(!debian.supports_row_validation());
-        let current = ServerVersion::parse("24.12.3.47").unwrap();
-        assert!(current.supports_insert_deduplication_token());
-        assert!(current.supports_row_validation());
-        assert!(ServerVersion::parse("22.2.1")
-            .unwrap()
-            .supports_insert_deduplication_token());
-        assert!(!ServerVersion::parse("22.1.9")
-            .unwrap()
-            .supports_insert_deduplication_token());
-        assert_eq!(ServerVersion::parse("garbage"), None);
-    }
 
     #[test]
     fn authentication_failures_say_so() {

@@ -16,6 +16,12 @@
 //!   another receiver, re-read and checked before the next ack)
 //! - `nomadwave_sink_delivery_gaps_total{kind}` (deliveries of the consumer that did not reach
 //!   this sink; each one triggers such a re-read)
+//! - `nomadwave_sink_check_seconds{kind}` (histogram: the exact check's look-ups) and
+//!   `nomadwave_sink_checked_rows_total{kind}`
+//! - `nomadwave_sink_stream_incarnation{kind}` (gauge: creation time, Unix seconds, of the
+//!   stream incarnation being consumed; a change means the stream was recreated)
+//! - `nomadwave_sink_reread_readers_recreated_total{kind}` (a re-read's ephemeral consumer
+//!   expired or vanished, e.g. during a long ClickHouse outage, and was made again)
 
 use std::time::Duration;
 
@@ -105,6 +111,62 @@ pub fn delivery_gap(kind: Kind, missing_consumer_sequence: u64) {
     );
 }
 
+/// The exact check looked `rows` up and found `found` of them already written.
+pub fn checked(kind: Kind, rows: usize, found: usize, took: Duration) {
+    let label = kind.as_str();
+    metrics::histogram!("nomadwave_sink_check_seconds", "kind" => label).record(took.as_secs_f64());
+    metrics::counter!("nomadwave_sink_checked_rows_total", "kind" => label).increment(rows as u64);
+    tracing::debug!(
+        kind = label,
+        rows,
+        found,
+        check_ms = took.as_millis() as u64,
+        "exact check"
+    );
+}
+
+/// The stream incarnation being consumed, with what the table holds of others.
+pub fn consuming_incarnation(
+    kind: Kind,
+    incarnation: crate::delivery::Incarnation,
+    others: &[crate::database::IncarnationRows],
+    legacy_counted: bool,
+) {
+    metrics::gauge!("nomadwave_sink_stream_incarnation", "kind" => kind.as_str())
+        .set(incarnation.created_unix_seconds() as f64);
+    for other in others {
+        if other.incarnation == crate::delivery::Incarnation::LEGACY.0 && legacy_counted {
+            tracing::info!(
+                kind = kind.as_str(),
+                rows = other.rows,
+                last_sequence = other.last_sequence,
+                "rows from before incarnations were stored are taken as this stream's (ingested after it was created)"
+            );
+            continue;
+        }
+        tracing::warn!(
+            kind = kind.as_str(),
+            current_incarnation = %incarnation,
+            earlier_incarnation = other.incarnation,
+            rows = other.rows,
+            last_sequence = other.last_sequence,
+            "the table holds rows of an earlier life of this stream (deleted and recreated, or restored): their sequences are not this stream's, so they are kept and never taken for new events; an observation replayed into the new stream is stored again under the new incarnation and collapses with its old row in FINAL queries"
+        );
+    }
+}
+
+/// A re-read's ephemeral consumer was gone and was made again from `next`.
+pub fn reread_reader_recreated(kind: Kind, next: u64, error: &str) {
+    metrics::counter!("nomadwave_sink_reread_readers_recreated_total", "kind" => kind.as_str())
+        .increment(1);
+    tracing::warn!(
+        kind = kind.as_str(),
+        next_sequence = next,
+        error,
+        "the re-read's consumer expired or vanished; reading on through a new one"
+    );
+}
+
 /// Makes every sink metric appear on `/metrics` from startup, at zero.
 pub fn register(kind: Kind) {
     let label = kind.as_str();
@@ -114,4 +176,6 @@ pub fn register(kind: Kind) {
     metrics::gauge!("nomadwave_sink_consumer_pending", "kind" => label).set(0.0);
     metrics::counter!("nomadwave_sink_recovered_total", "kind" => label).absolute(0);
     metrics::counter!("nomadwave_sink_delivery_gaps_total", "kind" => label).absolute(0);
+    metrics::counter!("nomadwave_sink_checked_rows_total", "kind" => label).absolute(0);
+    metrics::counter!("nomadwave_sink_reread_readers_recreated_total", "kind" => label).absolute(0);
 }

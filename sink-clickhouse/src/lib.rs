@@ -2,22 +2,39 @@
 //! exactly-once effect.
 //!
 //! Layout:
+//! - [`delivery`]: the delivery core, pure: sequences, incarnations, the check, gap and ack
+//!   rules, batch identity, replay and layout refusals;
 //! - [`config`]: flags and env, validated into [`config::SinkSettings`] before any I/O;
-//! - [`database`]: the only code that talks to ClickHouse (version detection, migrations,
-//!   the exact redelivery check, inserts, error classification);
-//! - [`rows`]: row types and table DDL, one per event kind;
-//! - [`consume`]: the per-stream pull → batch → insert → ack loop;
+//! - [`version`]: the ClickHouse server version and its feature switches;
+//! - [`tables`]: one column list per event table, which makes the DDL and upgrades;
+//! - [`rows`]: row types, converted from schema events (refusing values a column cannot hold);
+//! - [`database`]: the only code that talks to ClickHouse (migrations, the exact check,
+//!   watermark, verification, inserts, error classification), every statement time-bounded;
+//! - [`writer`]: the one write path (check, INSERT, retry), live and replayed;
+//! - [`batch`]: a batch from collection to ack; [`dead_letter`]: its rejected messages;
+//! - [`recovery`]: the re-read of a consumer's un-acked range;
+//! - [`consume`]: the per-stream orchestration (collector and writer tasks);
+//! - [`lease`]: one sink at a time per durable consumer;
+//! - [`shutdown`]: the two stop levels (stop intake, abandon);
 //! - [`replay`]: re-reading a stream range into the live tables or another database,
 //!   paced and verified;
 //! - [`events`]: log lines and metrics, emitted together.
 
+pub mod batch;
 pub mod config;
 pub mod consume;
 pub mod database;
+pub mod dead_letter;
+pub mod delivery;
 pub mod events;
 pub mod lease;
+pub mod recovery;
 pub mod replay;
 pub mod rows;
+pub mod shutdown;
+pub mod tables;
+pub mod version;
+pub mod writer;
 
 use std::sync::Arc;
 
@@ -33,6 +50,7 @@ use crate::config::{BatchArgs, ClickHouseArgs, ClickHouseSettings, ConsumerArgs,
 use crate::consume::{consume_stream, ConsumeError, SinkContext};
 use crate::database::Database;
 use crate::lease::{ConsumerLease, LeaseError};
+use crate::shutdown::SinkShutdown;
 
 /// Command line of `sink-clickhouse`.
 #[derive(Debug, Parser)]
@@ -187,60 +205,35 @@ async fn run_sink(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result
         Err(error) => return Err(error.into()),
     };
 
-    let drain_timeout = settings.consumer.drain_timeout;
-    let hard_stop = CancellationToken::new();
+    let sink_shutdown = SinkShutdown::new(&shutdown, settings.consumer.drain_timeout);
+    // A lost lease stops consuming and any INSERT retry at once: another sink now owns this
+    // consumer and re-reads whatever this one had not acked.
+    sink_shutdown.follow_lease(lease.lost());
     let context = Arc::new(SinkContext {
         jetstream,
         database,
         settings: settings.clone(),
         health,
-        hard_stop: hard_stop.clone(),
+        shutdown: sink_shutdown.clone(),
         lease: lease.clone(),
     });
-    // A failing stream stops the others too, so the process exits and is restarted whole.
-    let streams_shutdown = shutdown.child_token();
-    {
-        // A lost lease stops consuming and any INSERT retry at once: another sink now owns
-        // this consumer and re-reads whatever this one had not acked.
-        let (lost, streams_shutdown, hard_stop) =
-            (lease.lost(), streams_shutdown.clone(), hard_stop.clone());
-        tokio::spawn(async move {
-            lost.cancelled().await;
-            streams_shutdown.cancel();
-            hard_stop.cancel();
-        });
-    }
     let mut tasks = JoinSet::new();
     for kind in &settings.consumer.kinds {
         let context = context.clone();
-        let token = streams_shutdown.clone();
         match kind {
-            Kind::Wave => tasks.spawn(consume_stream::<WaveObservation>(context, token)),
-            Kind::Weather => tasks.spawn(consume_stream::<WeatherObservation>(context, token)),
-            Kind::Carbon => tasks.spawn(consume_stream::<CarbonIntensity>(context, token)),
+            Kind::Wave => tasks.spawn(consume_stream::<WaveObservation>(context)),
+            Kind::Weather => tasks.spawn(consume_stream::<WeatherObservation>(context)),
+            Kind::Carbon => tasks.spawn(consume_stream::<CarbonIntensity>(context)),
         };
     }
-    let drain_deadline = {
-        let shutdown = shutdown.clone();
-        let hard_stop = hard_stop.clone();
-        async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(drain_timeout).await;
-            tracing::warn!(
-                ?drain_timeout,
-                "drain timeout expired; un-acked messages will be redelivered"
-            );
-            hard_stop.cancel();
-        }
-    };
-    tokio::spawn(drain_deadline);
 
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.context("stream task panicked")?;
         if let Err(error) = result {
             tracing::error!(error = %runtime::config::error_line(&error), "stream consumer stopped");
-            streams_shutdown.cancel();
+            // A failing stream stops the others too, so the process exits and is restarted whole.
+            sink_shutdown.stop_intake();
             first_error.get_or_insert(error);
         }
     }

@@ -22,9 +22,12 @@ use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClickHouseArgs, ClickHouseSettings};
-use crate::consume::{attempt_insert, batch_identity, PendingRow};
 use crate::database::{Database, DatabaseError};
+use crate::delivery::{
+    self, CheckScope, ConsumerProgress, Incarnation, StreamPosition, StreamSequence,
+};
 use crate::rows::StoredObservation;
+use crate::writer::{self, PendingRow, WriteTarget};
 
 /// Flags of `replay`. Every flag also reads an environment variable; an empty variable counts
 /// as unset (how a Nomad dispatch passes an optional meta value it was not given).
@@ -226,14 +229,25 @@ pub async fn replay(
     {
         clickhouse_args.clickhouse_database = database.trim().to_owned();
     }
+    // The live sink's database is --clickhouse-database/CLICKHOUSE_DATABASE; a replay into it
+    // must stay behind the live consumers (rule **replay behind the live sink**).
+    let into_live_tables =
+        clickhouse_args.clickhouse_database == args.clickhouse.clickhouse_database;
     let clickhouse = ClickHouseSettings::from_args(&clickhouse_args)?;
     let nats = NatsSettings::from_args(&args.nats)?;
     match kind {
-        Kind::Wave => replay_kind::<WaveObservation>(args, &nats, &clickhouse, shutdown).await,
-        Kind::Weather => {
-            replay_kind::<WeatherObservation>(args, &nats, &clickhouse, shutdown).await
+        Kind::Wave => {
+            replay_kind::<WaveObservation>(args, &nats, &clickhouse, into_live_tables, shutdown)
+                .await
         }
-        Kind::Carbon => replay_kind::<CarbonIntensity>(args, &nats, &clickhouse, shutdown).await,
+        Kind::Weather => {
+            replay_kind::<WeatherObservation>(args, &nats, &clickhouse, into_live_tables, shutdown)
+                .await
+        }
+        Kind::Carbon => {
+            replay_kind::<CarbonIntensity>(args, &nats, &clickhouse, into_live_tables, shutdown)
+                .await
+        }
     }
 }
 
@@ -241,6 +255,7 @@ async fn replay_kind<O: StoredObservation>(
     args: &ReplayArgs,
     nats: &NatsSettings,
     clickhouse: &ClickHouseSettings,
+    into_live_tables: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ReplayReport> {
     let kind = O::KIND;
@@ -278,7 +293,55 @@ async fn replay_kind<O: StoredObservation>(
         target: Tally::default(),
     };
     let stream_last = info.state.last_sequence;
-    let to_seq = args.to_seq.unwrap_or(stream_last).min(stream_last);
+    let incarnation = Incarnation::from_created_nanos(info.created.unix_timestamp_nanos());
+    let lives = retry(
+        RetryPolicy::INSERT.named("incarnations"),
+        &shutdown,
+        DatabaseError::class,
+        || database.incarnations::<O>(),
+    )
+    .await
+    .map_err(retry_failure)?;
+    let scope = CheckScope::decide(
+        incarnation,
+        lives
+            .iter()
+            .find(|life| life.incarnation == Incarnation::LEGACY.0)
+            .map(|life| i64::from(life.newest_ingest)),
+    );
+    let to_seq = if into_live_tables {
+        let consumers = durable_consumers(&stream).await?;
+        delivery::live_replay_end(
+            args.to_seq.map(StreamSequence),
+            StreamSequence(stream_last),
+            &consumers,
+        )
+        .map_err(|refusal| {
+            ConfigError::new(
+                "--to-seq/REPLAY_TO_SEQ",
+                format!(
+                    "the replay would write {} up to sequence {} into the live tables of {}, but consumer {} has settled only up to {}: the live sink writes the rest without a look, so both would write them. Replay up to {} (or leave --to-seq out), wait until the sink caught up, or replay into another --database",
+                    kind.stream_name(),
+                    refusal.requested_last.0,
+                    database.name(),
+                    refusal.consumer,
+                    refusal.settled_through.0,
+                    refusal.settled_through.0
+                ),
+            )
+        })?
+        .0
+    } else {
+        args.to_seq.unwrap_or(stream_last).min(stream_last)
+    };
+    if into_live_tables && args.to_seq.is_none_or(|asked| asked > to_seq) && to_seq < stream_last {
+        tracing::warn!(
+            stream = kind.stream_name(),
+            to_seq,
+            stream_last,
+            "replay into the live tables stops where the slowest live consumer has settled; the live sink writes the rest"
+        );
+    }
     let deliver_policy = match (args.from_seq, args.from_time) {
         (Some(sequence), _) => consumer::DeliverPolicy::ByStartSequence {
             start_sequence: sequence.max(1),
@@ -289,7 +352,7 @@ async fn replay_kind<O: StoredObservation>(
         },
         (None, None) => consumer::DeliverPolicy::All,
     };
-    if info.state.messages == 0 || args.from_seq.is_some_and(|from| from > to_seq) {
+    if info.state.messages == 0 || to_seq == 0 || args.from_seq.is_some_and(|from| from > to_seq) {
         tracing::warn!(
             stream = kind.stream_name(),
             "nothing to replay in this range"
@@ -363,18 +426,28 @@ async fn replay_kind<O: StoredObservation>(
                     event.observation.observed_at().timestamp() as u32,
                     &event.source,
                 );
-                seen.insert(sequence);
-                batch.push(PendingRow {
-                    sequence,
-                    row: O::to_row(event, sequence),
-                });
+                let position = StreamPosition {
+                    incarnation,
+                    sequence: StreamSequence(sequence),
+                };
+                match O::to_row(event, position) {
+                    Ok(row) => {
+                        seen.insert(sequence);
+                        batch.push(PendingRow {
+                            sequence: StreamSequence(sequence),
+                            row,
+                        });
+                    }
+                    // Dead-lettered by the live sink, like an undecodable message.
+                    Err(_) => report.invalid += 1,
+                }
             }
             Err(_) => report.invalid += 1,
         }
         if batch.len() >= args.batch_rows {
             flush::<O>(
                 &database,
-                clickhouse.timeout,
+                scope,
                 &mut batch,
                 &mut report,
                 &mut last_insert,
@@ -390,7 +463,7 @@ async fn replay_kind<O: StoredObservation>(
     }
     flush::<O>(
         &database,
-        clickhouse.timeout,
+        scope,
         &mut batch,
         &mut report,
         &mut last_insert,
@@ -412,13 +485,16 @@ async fn replay_kind<O: StoredObservation>(
                 RetryPolicy::INSERT.named("verify"),
                 &shutdown,
                 DatabaseError::class,
-                || database.natural_keys::<O>(window_first, window_last),
+                || {
+                    database.natural_keys::<O>(
+                        scope,
+                        StreamSequence(window_first),
+                        StreamSequence(window_last),
+                    )
+                },
             )
             .await
-            .map_err(|error| match error {
-                RetryError::Failed(error) => anyhow::Error::new(error),
-                RetryError::Cancelled => anyhow::anyhow!("interrupted during verification"),
-            })?;
+            .map_err(retry_failure)?;
             for (sequence, site, observed_at, source) in keys {
                 if seen.contains(sequence) {
                     report.target.add(&site, observed_at, &source);
@@ -468,9 +544,47 @@ impl SequenceSet {
     }
 }
 
+/// What a failed retried replay query means for the command.
+fn retry_failure(error: RetryError<DatabaseError>) -> anyhow::Error {
+    match error {
+        RetryError::Failed(error) => anyhow::Error::new(error),
+        RetryError::Cancelled => {
+            anyhow::anyhow!("interrupted; rerun the same command: rows already written are skipped")
+        }
+    }
+}
+
+/// What every durable consumer of the stream has settled.
+async fn durable_consumers(
+    stream: &jetstream::stream::Stream,
+) -> anyhow::Result<Vec<ConsumerProgress>> {
+    let mut listed = stream.consumers();
+    let mut consumers = Vec::new();
+    while let Some(info) = listed.next().await {
+        let info = info.context("cannot list the stream's consumers")?;
+        if info.config.durable_name.is_none() {
+            continue;
+        }
+        consumers.push(ConsumerProgress {
+            name: info.name.clone(),
+            filter: info.config.filter_subject.clone(),
+            ack_floor: StreamSequence(info.ack_floor.stream_sequence),
+            num_pending: info.num_pending,
+            num_ack_pending: info.num_ack_pending,
+        });
+    }
+    Ok(consumers)
+}
+
+/// Replay INSERTs: the live policy, bounded, so a replay job fails instead of waiting forever.
+const REPLAY_INSERT_POLICY: RetryPolicy = RetryPolicy {
+    max_retries: Some(20),
+    ..RetryPolicy::INSERT.named("replay_insert")
+};
+
 async fn flush<O: StoredObservation>(
     database: &Database,
-    timeout: Duration,
+    scope: CheckScope,
     batch: &mut Vec<PendingRow<O::Row>>,
     report: &mut ReplayReport,
     last_insert: &mut Option<Instant>,
@@ -490,39 +604,21 @@ async fn flush<O: StoredObservation>(
     }
     *last_insert = Some(Instant::now());
     let rows = std::mem::take(batch);
-    let batch_id = format!("replay-{}", batch_identity(O::KIND, &rows));
-    let mut attempt = 0_u32;
-    let mut previous: Option<String> = None;
-    let written = loop {
-        attempt += 1;
-        let query_id = format!("{batch_id}-{attempt}");
-        // Always the exact check: a replay never knows what is already there.
-        let result = attempt_insert::<O>(
-            database,
-            timeout,
-            &rows,
-            true,
-            previous.as_deref(),
-            &query_id,
-            &batch_id,
-        )
-        .await;
-        previous = Some(query_id);
-        match result {
-            Ok(written) => break written,
-            Err(error) if error.class() == runtime::ErrorClass::Transient && attempt < 20 => {
-                tracing::warn!(%error, attempt, "replay insert failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(500) * attempt.min(10)) => {}
-                    () = shutdown.cancelled() => anyhow::bail!("interrupted"),
-                }
-            }
-            Err(error) => return Err(anyhow::Error::new(error).context("replay insert failed")),
-        }
+    let target = WriteTarget {
+        database,
+        scope,
+        policy: REPLAY_INSERT_POLICY,
+        stop: shutdown,
+        health: None,
+        label: "replay-",
     };
+    // Always the exact check: a replay never knows what is already there.
+    let outcome = writer::write_rows::<O>(&target, &rows, true)
+        .await
+        .map_err(|error| retry_failure(error).context("replay insert failed"))?;
     report.inserts += 1;
-    report.written += written.len() as u64;
-    report.already_present += (rows.len() - written.len()) as u64;
+    report.written += outcome.written as u64;
+    report.already_present += outcome.already_present as u64;
     Ok(())
 }
 

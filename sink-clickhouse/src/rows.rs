@@ -1,15 +1,49 @@
 //! ClickHouse row types, one per event kind, converted explicitly from schema events.
 //!
-//! Tables are `ReplacingMergeTree(stream_seq)` ordered by the natural key (site, observed_at,
-//! source): a re-published or revised observation collapses to one row, the one with the
-//! highest stream sequence, in `FINAL` queries and after merges. `stream_seq` is also the
-//! column the exact redelivery check reads.
+//! The columns and their order are [`crate::tables`]'s; a test checks each row type against
+//! its table layout. A conversion fails, with a reason the sink dead-letters, for a value the
+//! column cannot hold that validation let through.
 
 use chrono::{DateTime, Utc};
 use schema::{CarbonIntensity, Event, Observation, WaveObservation, WeatherObservation};
 use serde::Serialize;
+use thiserror::Error;
 
-use crate::database::ServerVersion;
+use crate::delivery::StreamPosition;
+use crate::tables::{self, TableLayout};
+
+/// A decoded event that its table cannot hold.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{field} {value} does not fit the {column_type} column (1970-01-01T00:00:00Z ..= 2106-02-07T06:28:15Z); the event is dead-lettered, fix the producer's clock")]
+pub struct UnstorableValue {
+    /// The field.
+    pub field: &'static str,
+    /// Its value, as text.
+    pub value: String,
+    /// The column type it does not fit.
+    pub column_type: &'static str,
+}
+
+impl UnstorableValue {
+    /// The dead-letter reason.
+    pub const REASON: &'static str = "unstorable";
+}
+
+/// A time as a `DateTime` column holds it (UInt32 seconds), or why it cannot be.
+fn storable_time(
+    field: &'static str,
+    time: DateTime<Utc>,
+) -> Result<DateTime<Utc>, UnstorableValue> {
+    if u32::try_from(time.timestamp()).is_ok() {
+        Ok(time)
+    } else {
+        Err(UnstorableValue {
+            field,
+            value: time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            column_type: "DateTime",
+        })
+    }
+}
 
 /// An observation type the sink can store, with its table and row type.
 pub trait StoredObservation: Observation + 'static {
@@ -20,12 +54,18 @@ pub trait StoredObservation: Observation + 'static {
         + Send
         + Sync
         + 'static;
+    /// The table's layout.
+    const LAYOUT: TableLayout;
     /// Table name inside the target database.
-    const TABLE: &'static str;
-    /// The column holding the site (or zone) of the natural key.
-    const SITE_COLUMN: &'static str;
-    /// Converts a decoded event read at `stream_seq` into its row.
-    fn to_row(event: Event<Self>, stream_seq: u64) -> Self::Row;
+    const TABLE: &'static str = Self::LAYOUT.table;
+    /// Converts a decoded event stored at `position` into its row.
+    ///
+    /// # Errors
+    ///
+    /// [`UnstorableValue`] for a value no column of the table can hold.
+    fn to_row(event: Event<Self>, position: StreamPosition) -> Result<Self::Row, UnstorableValue>;
+    /// A row's event id and observation time (for batch identities and the check's bounds).
+    fn row_key(row: &Self::Row) -> (&str, DateTime<Utc>);
 }
 
 /// Row of `wave_observations`.
@@ -61,6 +101,8 @@ pub struct WaveRow {
     pub lat: Option<f64>,
     /// Longitude.
     pub lon: Option<f64>,
+    /// Incarnation of the stream the event was read from (its creation time, ns).
+    pub stream_incarnation: u64,
     /// JetStream sequence the event was read at: the watermark and the version column.
     pub stream_seq: u64,
 }
@@ -98,6 +140,8 @@ pub struct WeatherRow {
     pub swell_height_m: Option<f64>,
     /// Swell period, s.
     pub swell_period_s: Option<f64>,
+    /// Incarnation of the stream the event was read from (its creation time, ns).
+    pub stream_incarnation: u64,
     /// JetStream sequence the event was read at.
     pub stream_seq: u64,
 }
@@ -123,24 +167,29 @@ pub struct CarbonRow {
     pub carbon_intensity_g_per_kwh: f64,
     /// Estimate flag, null when the source does not say.
     pub is_estimated: Option<u8>,
+    /// Incarnation of the stream the event was read from (its creation time, ns).
+    pub stream_incarnation: u64,
     /// JetStream sequence the event was read at.
     pub stream_seq: u64,
 }
 
 impl StoredObservation for WaveObservation {
     type Row = WaveRow;
-    const TABLE: &'static str = "wave_observations";
-    const SITE_COLUMN: &'static str = "site";
+    const LAYOUT: TableLayout = tables::WAVE;
 
-    fn to_row(event: Event<Self>, stream_seq: u64) -> WaveRow {
+    fn row_key(row: &WaveRow) -> (&str, DateTime<Utc>) {
+        (&row.event_id, row.observed_at)
+    }
+
+    fn to_row(event: Event<Self>, position: StreamPosition) -> Result<WaveRow, UnstorableValue> {
         let observation = event.observation;
-        WaveRow {
+        Ok(WaveRow {
             site: observation.site,
-            observed_at: observation.observed_at,
+            observed_at: storable_time("observed_at", observation.observed_at)?,
             source: event.source,
             event_id: event.event_id.to_string(),
             schema_version: event.schema_version,
-            ingested_at: event.ingested_at,
+            ingested_at: storable_time("ingested_at", event.ingested_at)?,
             wave_height_m: observation.wave_height_m,
             wave_height_max_m: observation.wave_height_max_m,
             peak_period_s: observation.peak_period_s,
@@ -149,25 +198,29 @@ impl StoredObservation for WaveObservation {
             sea_temp_c: observation.sea_temp_c,
             lat: observation.lat,
             lon: observation.lon,
-            stream_seq,
-        }
+            stream_incarnation: position.incarnation.0,
+            stream_seq: position.sequence.0,
+        })
     }
 }
 
 impl StoredObservation for WeatherObservation {
     type Row = WeatherRow;
-    const TABLE: &'static str = "weather_observations";
-    const SITE_COLUMN: &'static str = "site";
+    const LAYOUT: TableLayout = tables::WEATHER;
 
-    fn to_row(event: Event<Self>, stream_seq: u64) -> WeatherRow {
+    fn row_key(row: &WeatherRow) -> (&str, DateTime<Utc>) {
+        (&row.event_id, row.observed_at)
+    }
+
+    fn to_row(event: Event<Self>, position: StreamPosition) -> Result<WeatherRow, UnstorableValue> {
         let observation = event.observation;
-        WeatherRow {
+        Ok(WeatherRow {
             site: observation.site,
-            observed_at: observation.observed_at,
+            observed_at: storable_time("observed_at", observation.observed_at)?,
             source: event.source,
             event_id: event.event_id.to_string(),
             schema_version: event.schema_version,
-            ingested_at: event.ingested_at,
+            ingested_at: storable_time("ingested_at", event.ingested_at)?,
             wind_speed_ms: observation.wind_speed_ms,
             wind_gust_ms: observation.wind_gust_ms,
             wind_direction_deg: observation.wind_direction_deg,
@@ -176,86 +229,77 @@ impl StoredObservation for WeatherObservation {
             rel_humidity_pct: observation.rel_humidity_pct,
             swell_height_m: observation.swell_height_m,
             swell_period_s: observation.swell_period_s,
-            stream_seq,
-        }
+            stream_incarnation: position.incarnation.0,
+            stream_seq: position.sequence.0,
+        })
     }
 }
 
 impl StoredObservation for CarbonIntensity {
     type Row = CarbonRow;
-    const TABLE: &'static str = "carbon_intensity";
-    const SITE_COLUMN: &'static str = "zone";
+    const LAYOUT: TableLayout = tables::CARBON;
 
-    fn to_row(event: Event<Self>, stream_seq: u64) -> CarbonRow {
+    fn row_key(row: &CarbonRow) -> (&str, DateTime<Utc>) {
+        (&row.event_id, row.observed_at)
+    }
+
+    fn to_row(event: Event<Self>, position: StreamPosition) -> Result<CarbonRow, UnstorableValue> {
         let observation = event.observation;
-        CarbonRow {
+        Ok(CarbonRow {
             zone: observation.zone,
-            observed_at: observation.observed_at,
+            observed_at: storable_time("observed_at", observation.observed_at)?,
             source: event.source,
             event_id: event.event_id.to_string(),
             schema_version: event.schema_version,
-            ingested_at: event.ingested_at,
+            ingested_at: storable_time("ingested_at", event.ingested_at)?,
             carbon_intensity_g_per_kwh: observation.carbon_intensity_g_per_kwh,
             is_estimated: observation.is_estimated.map(u8::from),
-            stream_seq,
-        }
+            stream_incarnation: position.incarnation.0,
+            stream_seq: position.sequence.0,
+        })
     }
 }
 
-/// One `CREATE TABLE` statement, with `?` standing for the database identifier.
-pub struct TableStatement {
-    /// Table it creates.
-    pub table: &'static str,
-    /// The statement.
-    pub sql: String,
-}
+#[cfg(test)]
+mod tests {
+    use clickhouse::Row as _;
 
-/// The `CREATE TABLE IF NOT EXISTS` statements for `version`.
-///
-/// From 22.2 on, tables keep a non-replicated deduplication window so that
-/// `insert_deduplication_token` guards retried INSERTs as a second line of defence.
-pub fn table_ddl(version: ServerVersion) -> Vec<TableStatement> {
-    let settings = if version.supports_insert_deduplication_token() {
-        " SETTINGS non_replicated_deduplication_window = 1000"
-    } else {
-        ""
-    };
-    let envelope = "event_id String, schema_version UInt16, ingested_at DateTime";
-    let tables = [
-        (
-            WaveObservation::TABLE,
-            "site",
-            "wave_height_m Nullable(Float64), wave_height_max_m Nullable(Float64), \
-             peak_period_s Nullable(Float64), mean_period_s Nullable(Float64), \
-             wave_direction_deg Nullable(Float64), sea_temp_c Nullable(Float64), \
-             lat Nullable(Float64), lon Nullable(Float64)",
-        ),
-        (
-            WeatherObservation::TABLE,
-            "site",
-            "wind_speed_ms Nullable(Float64), wind_gust_ms Nullable(Float64), \
-             wind_direction_deg Nullable(Float64), air_temp_c Nullable(Float64), \
-             pressure_hpa Nullable(Float64), rel_humidity_pct Nullable(Float64), \
-             swell_height_m Nullable(Float64), swell_period_s Nullable(Float64)",
-        ),
-        (
-            CarbonIntensity::TABLE,
-            "zone",
-            "carbon_intensity_g_per_kwh Float64, is_estimated Nullable(UInt8)",
-        ),
-    ];
-    tables
-        .into_iter()
-        .map(|(table, site, measurements)| TableStatement {
-            table,
-            sql: format!(
-                "CREATE TABLE IF NOT EXISTS ?.{table} (\
-                 {site} String, observed_at DateTime, source String, {envelope}, \
-                 {measurements}, stream_seq UInt64) \
-                 ENGINE = ReplacingMergeTree(stream_seq) \
-                 PARTITION BY toYYYYMM(observed_at) \
-                 ORDER BY ({site}, observed_at, source){settings}"
-            ),
-        })
-        .collect()
+    use super::*;
+
+    fn row_order_matches_layout<O: StoredObservation>() {
+        let layout: Vec<&str> = O::LAYOUT.column_names().collect();
+        assert_eq!(
+            O::Row::COLUMN_NAMES,
+            layout.as_slice(),
+            "{}: the row type's fields and the table's columns differ",
+            O::TABLE
+        );
+    }
+
+    #[test]
+    fn row_types_follow_their_table_layouts() {
+        row_order_matches_layout::<WaveObservation>();
+        row_order_matches_layout::<WeatherObservation>();
+        row_order_matches_layout::<CarbonIntensity>();
+    }
+
+    #[test]
+    fn times_a_datetime_column_cannot_hold_are_refused() {
+        use chrono::TimeZone as _;
+        let before = Utc.with_ymd_and_hms(1969, 12, 31, 23, 59, 59).unwrap();
+        let error = storable_time("observed_at", before).unwrap_err();
+        assert_eq!(error.field, "observed_at");
+        assert!(
+            error.to_string().contains("1969-12-31T23:59:59Z"),
+            "{error}"
+        );
+        let after = Utc.timestamp_opt(i64::from(u32::MAX) + 1, 0).unwrap();
+        assert!(storable_time("ingested_at", after).is_err());
+        for edge in [
+            Utc.timestamp_opt(0, 0).unwrap(),
+            Utc.timestamp_opt(i64::from(u32::MAX), 0).unwrap(),
+        ] {
+            assert_eq!(storable_time("observed_at", edge), Ok(edge));
+        }
+    }
 }
