@@ -105,6 +105,10 @@ pub struct ConsumerArgs {
     /// consumer; a second one waits as a standby).
     #[arg(long, env = "SINK_LEASE_TTL", default_value = DEFAULT_LEASE_TTL, value_parser = parse_duration)]
     pub lease_ttl: Duration,
+    /// How long a re-read's ephemeral consumer may sit unused on the server before it expires
+    /// (it is made again from where it stopped if it does, e.g. during a ClickHouse outage).
+    #[arg(long, env = "SINK_REREAD_INACTIVE_THRESHOLD", default_value = "60s", value_parser = parse_duration)]
+    pub reread_inactive_threshold: Duration,
     /// Who holds the lease; a restart with the same id takes its lease back at once
     /// [default: $NOMAD_ALLOC_ID, else hostname:pid].
     #[arg(long, env = "SINK_INSTANCE_ID")]
@@ -228,6 +232,8 @@ pub struct ConsumerSettings {
     pub partition: Option<Partition>,
     /// Lease time of the consumer lease.
     pub lease_ttl: Duration,
+    /// Inactivity threshold of a re-read's ephemeral consumer.
+    pub reread_inactive_threshold: Duration,
     /// This instance's name in the consumer lease.
     pub instance_id: String,
 }
@@ -378,6 +384,9 @@ impl SinkSettings {
                 max_ack_pending,
                 drain_timeout: consumer.drain_timeout,
                 lease_ttl: consumer.lease_ttl,
+                reread_inactive_threshold: consumer
+                    .reread_inactive_threshold
+                    .max(Duration::from_secs(1)),
                 instance_id,
             },
             streams: streams.policy(),

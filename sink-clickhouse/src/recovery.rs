@@ -21,9 +21,6 @@ use crate::delivery::{
 use crate::events;
 use crate::rows::StoredObservation;
 
-/// How long a re-read's reader lives unused on the server.
-const READER_INACTIVE_THRESHOLD: Duration = Duration::from_secs(60);
-
 /// Consecutive failures to (re)make or read the reader before the stream stops with an error.
 const READER_ATTEMPTS: u32 = 10;
 
@@ -123,7 +120,15 @@ impl Recovery {
             };
             let current = match reader.take() {
                 Some(current) => current,
-                None => match self.make_reader(kind, incarnation, next).await {
+                None => match self
+                    .make_reader(
+                        context.settings.consumer.reread_inactive_threshold,
+                        kind,
+                        incarnation,
+                        next,
+                    )
+                    .await
+                {
                     Ok(made) => made,
                     Err(error) => {
                         failures += 1;
@@ -223,6 +228,7 @@ impl Recovery {
 
     async fn make_reader(
         &self,
+        inactive_threshold: Duration,
         kind: schema::Kind,
         incarnation: Incarnation,
         start: StreamSequence,
@@ -235,7 +241,7 @@ impl Recovery {
                 },
                 filter_subject: self.filter.clone(),
                 ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: READER_INACTIVE_THRESHOLD,
+                inactive_threshold,
                 description: Some(format!(
                     "sink-clickhouse: re-reading {kind} (incarnation {incarnation}) from {}",
                     start.0
