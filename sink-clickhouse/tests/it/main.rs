@@ -12,6 +12,7 @@ mod dead_letters;
 mod delivery;
 mod faults;
 mod lease;
+mod operators;
 mod partitions;
 mod replay;
 
