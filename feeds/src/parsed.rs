@@ -24,7 +24,8 @@ pub struct Parsed<O> {
 pub struct RejectedRecord {
     /// Where the record sits in the payload, as a JSON path (`features[3]`, `observations.data[0]`).
     pub location: String,
-    /// A short machine-friendly reason (`bad_time`, `wrong_type`, `out_of_range`, `missing_field`).
+    /// A short machine-friendly reason (`bad_time`, `wrong_type`, `out_of_range`, `missing_field`,
+    /// `time_out_of_range`, `sub_second_time`).
     pub reason: &'static str,
     /// What was wrong, for a human: the field and the offending value.
     pub detail: String,
@@ -65,7 +66,7 @@ impl<O: Observation> Parsed<O> {
     pub fn push(&mut self, location: impl Into<String>, observation: O) {
         match observation.validate() {
             Ok(()) => self.observations.push(observation),
-            Err(error) => self.reject(location, "out_of_range", error.to_string()),
+            Err(error) => self.reject(location, error.reason(), error.to_string()),
         }
     }
 

@@ -55,7 +55,8 @@ pub fn topic_site(topic: &str) -> Option<&str> {
 /// # Errors
 ///
 /// A [`RejectedRecord`] located at the topic, with the reason (`malformed_json`, `wrong_topic`,
-/// `missing_field`, `bad_time`, `wrong_type`, `site_mismatch`, `out_of_range`).
+/// `missing_field`, `bad_time`, `wrong_type`, `site_mismatch`, `out_of_range`, `time_out_of_range`,
+/// `sub_second_time`).
 pub fn parse(topic: &str, payload: &[u8]) -> Result<WaveObservation, RejectedRecord> {
     let reject = |reason: &'static str, detail: String| RejectedRecord {
         location: topic.to_owned(),
@@ -139,7 +140,7 @@ pub fn parse(topic: &str, payload: &[u8]) -> Result<WaveObservation, RejectedRec
     };
     observation
         .validate()
-        .map_err(|error| reject("out_of_range", error.to_string()))?;
+        .map_err(|error| reject(error.reason(), error.to_string()))?;
     Ok(observation)
 }
 

@@ -51,7 +51,7 @@ pub fn is_events_topic(topic: &str) -> bool {
 /// # Errors
 ///
 /// A [`RejectedRecord`] located at the topic: `malformed_json`, `wrong_type`, `missing_field`,
-/// `bad_time`, `no_weather_fields`, `out_of_range`.
+/// `bad_time`, `no_weather_fields`, `out_of_range`, `time_out_of_range`, `sub_second_time`.
 pub fn parse(
     topic: &str,
     payload: &[u8],
@@ -134,7 +134,7 @@ pub fn parse(
     }
     observation
         .validate()
-        .map_err(|error| reject("out_of_range", error.to_string()))?;
+        .map_err(|error| reject(error.reason(), error.to_string()))?;
     Ok(observation)
 }
 

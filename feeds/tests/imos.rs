@@ -367,15 +367,22 @@ fn zulu_and_offset_times_convert_to_utc() {
     features_mut(&mut document)[fractional]["properties"]["TIME"] =
         json!("2025-05-05T01:15:00.500");
     let parsed = parse_value(&document);
-    assert!(parsed.rejected.is_empty(), "{:#?}", parsed.rejected);
+    // A fraction of a second would key a second row for the same second: refused, by name.
+    assert_eq!(parsed.rejected.len(), 1, "{:#?}", parsed.rejected);
+    assert_eq!(parsed.rejected[0].reason, "sub_second_time");
+    assert_eq!(
+        parsed.rejected[0].location,
+        format!("features[{fractional}]")
+    );
     assert_eq!(
         find(&parsed, "tathra", "2025-05-05T00:40:00Z").wave_height_m,
         Some(0.968)
     );
     let storm_bay = find(&parsed, "storm-bay", "2025-05-05T01:15:00Z");
     assert_eq!(storm_bay.wave_direction_deg, Some(29.562));
-    let robe = find(&parsed, "robe", "2025-05-05T01:15:00.500Z");
-    assert_eq!(robe.wave_height_m, Some(3.021));
+    assert!(!parsed.observations.iter().any(|o| o.site == "robe"
+        && o.observed_at >= utc("2025-05-05T01:15:00Z")
+        && o.observed_at < utc("2025-05-05T01:15:01Z")));
     assert!(!parsed
         .observations
         .iter()

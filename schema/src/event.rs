@@ -87,7 +87,7 @@ impl DecodeError {
             DecodeError::Malformed(_) => "malformed_json",
             DecodeError::UnsupportedSchemaVersion { .. } => "unsupported_schema_version",
             DecodeError::WrongKind { .. } => "wrong_kind",
-            DecodeError::Invalid(_) => "out_of_range",
+            DecodeError::Invalid(error) => error.reason(),
             DecodeError::TooLarge { .. } => "too_large",
         }
     }
@@ -168,6 +168,8 @@ impl<O: Observation> Event<O> {
                 found: self.kind,
             });
         }
+        crate::observation::require_storable_time("ingested_at", self.ingested_at)
+            .map_err(DecodeError::Invalid)?;
         self.observation.validate().map_err(DecodeError::Invalid)?;
         Ok(self)
     }
@@ -504,6 +506,40 @@ mod tests {
     }
 
     #[test]
+    fn times_a_datetime_column_cannot_hold_are_refused_with_their_reason() {
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let with_time = |observed_at: DateTime<Utc>| WaveObservation {
+            observed_at,
+            ..wave(1.0)
+        };
+        for (time, reason) in [
+            ("1969-12-31T23:59:59Z", "time_out_of_range"),
+            ("2106-02-07T06:28:16Z", "time_out_of_range"),
+            ("2024-03-06T19:00:00.250Z", "sub_second_time"),
+        ] {
+            let event = Event::new("pi-buoy", with_time(at(time)), ingested());
+            let error = Event::<WaveObservation>::decode(&event.encode()).unwrap_err();
+            assert_eq!(error.reason(), reason, "{time}: {error}");
+            let validation = with_time(at(time)).validate().unwrap_err();
+            assert!(
+                validation.to_string().contains("observed_at"),
+                "{validation}"
+            );
+        }
+        for edge in ["1970-01-01T00:00:00Z", "2106-02-07T06:28:15Z"] {
+            assert_eq!(with_time(at(edge)).validate(), Ok(()), "{edge}");
+        }
+        // The envelope's time too: a Pi running the bridge with an unset clock.
+        let unset_clock = Event::new("pi-buoy", wave(1.0), at("1969-12-31T00:00:00Z"));
+        let error = Event::<WaveObservation>::decode(&unset_clock.encode()).unwrap_err();
+        assert_eq!(error.reason(), "time_out_of_range", "{error}");
+    }
+
+    #[test]
     fn out_of_range_message_names_field_value_and_range() {
         let error = wave(45.0).validate().unwrap_err();
         assert_eq!(error.to_string(), "wave_height_m = 45 is outside 0..=30 m");
@@ -669,17 +705,19 @@ mod flatten_equivalence_tests {
 
     #[test]
     fn offsets_and_fractional_seconds_read_as_utc() {
+        // observed_at is a whole second (a fraction is refused, see
+        // times_a_datetime_column_cannot_hold_are_refused_with_their_reason); ingested_at may
+        // carry one.
         let bytes = edited_wave_event(|members| {
-            members.insert("observed_at".into(), "2025-05-05T11:30:00.25+10:00".into());
+            members.insert("observed_at".into(), "2025-05-05T11:30:00+10:00".into());
             members.insert("ingested_at".into(), "2025-05-05T01:31:07.5Z".into());
         });
         let event = assert_same_decoding::<WaveObservation>(&bytes).unwrap();
-        let observed = Utc.with_ymd_and_hms(2025, 5, 5, 1, 30, 0).unwrap()
-            + chrono::Duration::milliseconds(250);
+        let observed = Utc.with_ymd_and_hms(2025, 5, 5, 1, 30, 0).unwrap();
         assert_eq!(event.observation.observed_at, observed);
         let encoded = String::from_utf8(event.encode()).unwrap();
         assert!(
-            encoded.contains(r#""observed_at":"2025-05-05T01:30:00.250Z""#),
+            encoded.contains(r#""observed_at":"2025-05-05T01:30:00"#),
             "{encoded}"
         );
         assert!(

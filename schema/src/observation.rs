@@ -58,6 +58,24 @@ pub enum ValidationError {
         /// Unit of the field.
         unit: &'static str,
     },
+    /// A time lies outside what a ClickHouse `DateTime` column holds (whole seconds from
+    /// 1970-01-01 to 2106-02-07 UTC): a device with an unset or runaway clock.
+    #[error("{field} = {value} is outside {}..={} (the range a ClickHouse DateTime holds); check the device's clock", STORABLE_TIMES.start(), STORABLE_TIMES.end())]
+    TimeOutOfRange {
+        /// JSON name of the field.
+        field: &'static str,
+        /// The rejected time.
+        value: DateTime<Utc>,
+    },
+    /// A time has a fraction of a second. Rows are keyed by whole seconds, so two readings
+    /// within one second would become one row; such readings are refused instead of merged.
+    #[error("{field} = {value} has a fraction of a second; events carry whole-second times (the row key is the second)")]
+    SubSecondTime {
+        /// JSON name of the field.
+        field: &'static str,
+        /// The rejected time.
+        value: DateTime<Utc>,
+    },
     /// The site or zone id is empty.
     #[error("{field} is empty")]
     EmptySite {
@@ -74,6 +92,54 @@ pub enum ValidationError {
         /// Its length in bytes.
         length: usize,
     },
+}
+
+impl ValidationError {
+    /// Short machine-readable reason, used as rejection and dead-letter label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ValidationError::TimeOutOfRange { .. } => "time_out_of_range",
+            ValidationError::SubSecondTime { .. } => "sub_second_time",
+            ValidationError::OutOfRange { .. }
+            | ValidationError::EmptySite { .. }
+            | ValidationError::BadSite { .. } => "out_of_range",
+        }
+    }
+}
+
+/// The times a ClickHouse `DateTime` (an unsigned 32-bit count of seconds) can hold.
+pub const STORABLE_TIMES: std::ops::RangeInclusive<DateTime<Utc>> = DateTime::<Utc>::UNIX_EPOCH
+    ..=match DateTime::from_timestamp(u32::MAX as i64, 0) {
+        Some(time) => time,
+        None => DateTime::<Utc>::UNIX_EPOCH,
+    };
+
+/// Checks that `value` fits a `DateTime` column.
+///
+/// # Errors
+///
+/// [`ValidationError::TimeOutOfRange`] outside [`STORABLE_TIMES`].
+pub fn require_storable_time(
+    field: &'static str,
+    value: DateTime<Utc>,
+) -> Result<(), ValidationError> {
+    if STORABLE_TIMES.contains(&value) {
+        Ok(())
+    } else {
+        Err(ValidationError::TimeOutOfRange { field, value })
+    }
+}
+
+/// An observation's time: storable and a whole second.
+fn require_observed_at(value: DateTime<Utc>) -> Result<(), ValidationError> {
+    require_storable_time("observed_at", value)?;
+    if chrono::Timelike::nanosecond(&value) != 0 {
+        return Err(ValidationError::SubSecondTime {
+            field: "observed_at",
+            value,
+        });
+    }
+    Ok(())
 }
 
 observation_members! {
@@ -158,6 +224,7 @@ impl Observation for WaveObservation {
 
     fn validate(&self) -> Result<(), ValidationError> {
         require_site("site", &self.site)?;
+        require_observed_at(self.observed_at)?;
         check("wave_height_m", self.wave_height_m, 0.0, 30.0, "m")?;
         check("wave_height_max_m", self.wave_height_max_m, 0.0, 40.0, "m")?;
         check("peak_period_s", self.peak_period_s, 0.0, 40.0, "s")?;
@@ -203,6 +270,7 @@ impl Observation for WeatherObservation {
 
     fn validate(&self) -> Result<(), ValidationError> {
         require_site("site", &self.site)?;
+        require_observed_at(self.observed_at)?;
         check("wind_speed_ms", self.wind_speed_ms, 0.0, 120.0, "m/s")?;
         check("wind_gust_ms", self.wind_gust_ms, 0.0, 150.0, "m/s")?;
         check(
@@ -248,6 +316,7 @@ impl Observation for CarbonIntensity {
 
     fn validate(&self) -> Result<(), ValidationError> {
         require_site("zone", &self.zone)?;
+        require_observed_at(self.observed_at)?;
         check(
             "carbon_intensity_g_per_kwh",
             Some(self.carbon_intensity_g_per_kwh),
