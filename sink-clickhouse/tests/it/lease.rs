@@ -216,3 +216,52 @@ fn deliveries_taken_by_another_puller_are_reread_not_acked_away() {
         "delivery gap test: the stray puller took {taken} deliveries; the sink saw {gaps} gaps"
     );
 }
+
+#[test]
+fn two_processes_with_one_instance_id_do_not_both_hold_the_lease() {
+    let pipeline = Pipeline::start("lease-same-id");
+    let (total, publisher) = publish_backlog(&pipeline);
+    // One id for both, as when an allocation is restarted while its predecessor still runs, or
+    // an operator starts a second copy with the same flags.
+    let flags = [FLAGS, &["--instance-id", "copy-pasted"]].concat();
+    let mut first = pipeline.spawn_sink(&flags);
+    wait_for("the first sink's rows", Duration::from_secs(60), || {
+        metric(&first, "nomadwave_sink_rows_written_total", "kind=\"wave\"").unwrap_or(0.0) > 0.0
+    });
+    let second = pipeline.spawn_sink(&flags);
+    let lease_metric = "nomadwave_sink_lease_held";
+    let labels = "consumer=\"sink-clickhouse\"";
+    wait_for(
+        "the second sink's lease gauge",
+        Duration::from_secs(30),
+        || metric(&second, lease_metric, labels).is_some(),
+    );
+    // Longer than 1.5 lease times (3 s) twice over: the first renews all along, so the second
+    // must stay a standby the whole time and the first must keep its lease.
+    let watch_until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < watch_until {
+        assert_eq!(
+            metric(&second, lease_metric, labels),
+            Some(0.0),
+            "the second process with the same instance id took a lease the first still renews"
+        );
+        assert_eq!(metric(&first, lease_metric, labels), Some(1.0));
+        assert!(
+            first.child.try_wait().unwrap().is_none(),
+            "the first sink exited while the second waited"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The first dies; the second takes over once the key stops changing, and finishes.
+    kill(Pid::from_raw(first.child.id() as i32), Signal::SIGKILL).unwrap();
+    wait_for(
+        "the second sink to take over",
+        Duration::from_secs(30),
+        || metric(&second, lease_metric, labels) == Some(1.0),
+    );
+    let report = finish_publish(publisher);
+    assert_eq!(report["distinct_valid"], total);
+    assert_exact(&pipeline, "wave_observations", total);
+    let info = consumer_info(&pipeline, "sink-clickhouse");
+    assert_eq!(info.num_ack_pending, 0, "everything acked at the end");
+}
