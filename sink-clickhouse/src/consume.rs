@@ -199,7 +199,7 @@ pub async fn consume_stream<O: StoredObservation>(
     refuse_overlapping_consumers(&context, kind, &stream, &consumer_config.filter_subject).await?;
     let consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
     let incarnation = incarnation_of(&stream);
-    let life = StreamLife::establish::<O>(&context, incarnation).await?;
+    let mut life = StreamLife::establish::<O>(&context, incarnation).await?;
     let mut recovery = match consumer_config.ack_policy {
         consumer::AckPolicy::All => Some(Recovery::new(
             stream.clone(),
@@ -209,7 +209,8 @@ pub async fn consume_stream<O: StoredObservation>(
         _ => None,
     };
     if let Some(recovery) = recovery.as_mut() {
-        recovery.run::<O>(&context, life.scope).await?;
+        let last = recovery.run::<O>(&context, life.scope).await?;
+        life.watermark = life.watermark.max(last);
     }
     let filter = match consumer_config.filter_subject.as_str() {
         "" => "(whole stream)",
@@ -449,7 +450,10 @@ async fn write_batches<O: StoredObservation>(
         if batch.incarnation != life.scope.current {
             life = StreamLife::establish::<O>(&context, batch.incarnation).await?;
             if let Some(recovery) = recovery.as_mut() {
-                recovery.run::<O>(&context, life.scope).await?;
+                // The re-read writes the new life's un-acked range, which holds this batch and
+                // the ones behind it: they are checked against the table, not written again.
+                let last = recovery.run::<O>(&context, life.scope).await?;
+                life.watermark = life.watermark.max(last);
             }
         }
         let ack_mode = match recovery {
