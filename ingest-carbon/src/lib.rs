@@ -89,7 +89,7 @@ pub struct RunArgs {
     pub token_file: Option<PathBuf>,
     /// Poll loop, NATS, streams, metrics.
     #[command(flatten)]
-    pub service: ServiceArgs,
+    pub service: ServiceArgs<{ runtime::http::default_port::INGEST_CARBON }>,
 }
 
 /// The Electricity Maps feed as the poll loop sees it.

@@ -83,7 +83,7 @@ pub struct BridgeArgs {
     pub streams: StreamArgs,
     /// Metrics and health endpoint.
     #[command(flatten)]
-    pub http: HttpArgs,
+    pub http: HttpArgs<{ runtime::http::default_port::BRIDGE }>,
 }
 
 /// The `--rtl433-time` choices.

@@ -67,7 +67,7 @@ pub struct RunArgs {
     pub layer: String,
     /// Poll loop, NATS, streams, metrics.
     #[command(flatten)]
-    pub service: ServiceArgs,
+    pub service: ServiceArgs<{ runtime::http::default_port::INGEST_WAVE }>,
 }
 
 /// The AODN wave feed as the poll loop sees it.

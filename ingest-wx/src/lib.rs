@@ -68,7 +68,7 @@ pub struct RunArgs {
     pub api_url: String,
     /// Poll loop, NATS, streams, metrics.
     #[command(flatten)]
-    pub service: ServiceArgs,
+    pub service: ServiceArgs<{ runtime::http::default_port::INGEST_WX }>,
 }
 
 /// A configured station, by interface.

@@ -72,7 +72,7 @@ pub struct PollArgs {
 
 /// Everything `run` needs beside the feed's own flags.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ServiceArgs {
+pub struct ServiceArgs<const PORT: u16> {
     /// Poll loop.
     #[command(flatten)]
     pub poll: PollArgs,
@@ -84,7 +84,7 @@ pub struct ServiceArgs {
     pub streams: StreamArgs,
     /// Metrics and health endpoint.
     #[command(flatten)]
-    pub http: HttpArgs,
+    pub http: HttpArgs<PORT>,
 }
 
 /// The validated poll settings.

@@ -70,9 +70,9 @@ where
 ///
 /// Bad configuration (a [`ConfigError`] in the chain) or a failure to start (NATS unreachable,
 /// port busy); once running, failures are retried, logged and counted instead.
-pub async fn run_service<F: Feed>(
+pub async fn run_service<F: Feed, const PORT: u16>(
     feed: F,
-    args: &ServiceArgs,
+    args: &ServiceArgs<PORT>,
     service: &'static str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {

@@ -12,14 +12,50 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-/// Default address of the metrics and health endpoints.
-pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9464";
+/// Each long-running binary's own default port for `/metrics`, `/healthz` and `/readyz`, so
+/// several run side by side on one host without flags (the local pipeline uses the same).
+pub mod default_port {
+    /// `sink-clickhouse run`.
+    pub const SINK: u16 = 9464;
+    /// `ingest-wave bridge`.
+    pub const BRIDGE: u16 = 9465;
+    /// `ingest-wave run`.
+    pub const INGEST_WAVE: u16 = 9466;
+    /// `ingest-wx run`.
+    pub const INGEST_WX: u16 = 9467;
+    /// `ingest-carbon run`.
+    pub const INGEST_CARBON: u16 = 9468;
+}
 
-/// Flags of the metrics and health endpoint, flattened into every long-running command.
+/// The default listen address of each port in [`default_port`], as clap shows it.
+const DEFAULT_LISTEN: [(u16, &str); 5] = [
+    (default_port::SINK, "127.0.0.1:9464"),
+    (default_port::BRIDGE, "127.0.0.1:9465"),
+    (default_port::INGEST_WAVE, "127.0.0.1:9466"),
+    (default_port::INGEST_WX, "127.0.0.1:9467"),
+    (default_port::INGEST_CARBON, "127.0.0.1:9468"),
+];
+
+/// The loopback address of `port`; a port outside [`default_port`] gets port 0 (any free one).
+const fn default_listen(port: u16) -> &'static str {
+    let mut index = 0;
+    while index < DEFAULT_LISTEN.len() {
+        if DEFAULT_LISTEN[index].0 == port {
+            return DEFAULT_LISTEN[index].1;
+        }
+        index += 1;
+    }
+    "127.0.0.1:0"
+}
+
+/// Flags of the metrics and health endpoint, flattened into every long-running command;
+/// `PORT` is the binary's default (one of [`default_port`]), on loopback.
 #[derive(Debug, Clone, clap::Args)]
-pub struct HttpArgs {
+pub struct HttpArgs<const PORT: u16> {
     /// Address serving /metrics, /healthz and /readyz.
-    #[arg(long, env = "HTTP_LISTEN", default_value = DEFAULT_HTTP_LISTEN)]
+    // `default_value`, not `default_value_t`: the latter caches its text in a static that all
+    // instances of this generic struct would share.
+    #[arg(long, env = "HTTP_LISTEN", default_value = default_listen(PORT))]
     pub http_listen: SocketAddr,
 }
 
@@ -155,6 +191,18 @@ async fn readiness_page(State(endpoints): State<Endpoints>) -> (StatusCode, Stri
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_binary_has_its_own_loopback_default_port() {
+        let ports: std::collections::BTreeSet<u16> =
+            DEFAULT_LISTEN.iter().map(|(port, _)| *port).collect();
+        assert_eq!(ports.len(), DEFAULT_LISTEN.len(), "ports repeat");
+        for (port, text) in DEFAULT_LISTEN {
+            let address: SocketAddr = text.parse().unwrap();
+            assert_eq!(address, SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        assert_eq!(default_listen(1), "127.0.0.1:0");
+    }
+
     use super::*;
 
     #[test]

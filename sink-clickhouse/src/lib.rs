@@ -108,7 +108,7 @@ pub struct RunArgs {
     pub streams: StreamArgs,
     /// Metrics and health endpoint.
     #[command(flatten)]
-    pub http: HttpArgs,
+    pub http: HttpArgs<{ runtime::http::default_port::SINK }>,
 }
 
 impl RunArgs {
