@@ -3,8 +3,12 @@
 //!
 //! rtl_433 publishes one JSON object per decoded radio message on `<base>/events` (base
 //! `rtl_433/<hostname>` by default). What this reader does with its quirks:
-//! - the site is built from the device: `rtl433-<model>-<id>[-ch<channel>]`, normalised
-//!   (`Fineoffset-WHx080`, id 5 → `rtl433-fineoffset-whx080-5`);
+//! - the site is built from the gateway and the device: `rtl433-<host>-<model>-<id>[-ch<channel>]`,
+//!   normalised (host `raspi`, `Fineoffset-WHx080`, id 5 → `rtl433-raspi-fineoffset-whx080-5`).
+//!   The host is the topic's level(s) between `rtl_433/` and `/events`: device ids are 8 bits
+//!   and change with every battery swap, so two gateways often hear the same model and id,
+//!   and without the host their readings would merge into one site. A topic without a host
+//!   level (`rtl_433/events`) gives `rtl433-<model>-<id>[-ch<channel>]`;
 //! - the unit is in the key: `temperature_C`/`temperature_F`, `wind_avg_m_s`/`wind_avg_km_h`/
 //!   `wind_avg_mi_h` (and `wind_max_*` for gusts), `pressure_hPa`/`pressure_kPa`; all become
 //!   the schema's SI units;
@@ -73,7 +77,8 @@ pub fn parse(
             ),
         ));
     };
-    let site = device_site(event).map_err(|detail| reject("missing_field", detail))?;
+    let site =
+        device_site(topic_host(topic), event).map_err(|detail| reject("missing_field", detail))?;
     let observed_at = event_time(event, time_rule).map_err(|detail| reject("bad_time", detail))?;
     let read = |keys: &[(&str, f64, f64)]| -> Result<Option<f64>, RejectedRecord> {
         for (key, factor, offset) in keys {
@@ -138,7 +143,17 @@ pub fn parse(
     Ok(observation)
 }
 
-fn device_site(event: &Map<String, Value>) -> Result<String, String> {
+/// The gateway part of an events topic: what lies between `rtl_433/` and `/events`, normalised
+/// (`rtl_433/Pi-Garden/events` → `pi-garden`); empty when the topic has none.
+fn topic_host(topic: &str) -> String {
+    let inner = topic
+        .strip_prefix("rtl_433/")
+        .and_then(|rest| rest.strip_suffix("/events"))
+        .unwrap_or("");
+    normalize_site(inner)
+}
+
+fn device_site(host: String, event: &Map<String, Value>) -> Result<String, String> {
     let model = match event.get("model") {
         Some(Value::String(model)) if !normalize_site(model).is_empty() => normalize_site(model),
         _ => return Err("model is missing: cannot tell which device sent it".to_owned()),
@@ -159,7 +174,10 @@ fn device_site(event: &Map<String, Value>) -> Result<String, String> {
         }
         _ => String::new(),
     };
-    Ok(format!("rtl433-{model}-{id}{channel}"))
+    Ok(match host.as_str() {
+        "" => format!("rtl433-{model}-{id}{channel}"),
+        host => format!("rtl433-{host}-{model}-{id}{channel}"),
+    })
 }
 
 /// The event's time under `rule`.
@@ -220,7 +238,7 @@ mod tests {
         assert_eq!(error.reason, "bad_time");
         assert!(error.detail.contains("time:utc"), "{error}");
         let observation = parse(TOPIC, &payload, TimeRule::NaiveIsUtc).expect("declared UTC");
-        assert_eq!(observation.site, "rtl433-nexus-th-42-ch2");
+        assert_eq!(observation.site, "rtl433-raspi-nexus-th-42-ch2");
         assert_eq!(
             observation.observed_at.to_rfc3339(),
             "2019-08-29T08:38:19+00:00"
@@ -231,6 +249,25 @@ mod tests {
     }
 
     #[test]
+    fn one_device_heard_by_two_gateways_is_two_sites() {
+        let payload = fixture("rtl_433_Nexus-TH_event_docs.json");
+        let site = |topic: &str| {
+            parse(topic, &payload, TimeRule::NaiveIsUtc)
+                .expect("declared UTC")
+                .site
+        };
+        assert_eq!(
+            site("rtl_433/pi-north/events"),
+            "rtl433-pi-north-nexus-th-42-ch2"
+        );
+        assert_eq!(
+            site("rtl_433/Pi South/events"),
+            "rtl433-pi-south-nexus-th-42-ch2"
+        );
+        assert_eq!(site("rtl_433/events"), "rtl433-nexus-th-42-ch2");
+    }
+
+    #[test]
     fn fineoffset_playback_offset_is_refused_unless_receive_time() {
         let payload = fixture("rtl_433_Fineoffset-WHx080_event.json");
         let error = parse(TOPIC, &payload, TimeRule::NaiveIsUtc).expect_err("playback");
@@ -238,7 +275,7 @@ mod tests {
         let received = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
         let observation =
             parse(TOPIC, &payload, TimeRule::Receive(received)).expect("receive time");
-        assert_eq!(observation.site, "rtl433-fineoffset-whx080-5");
+        assert_eq!(observation.site, "rtl433-raspi-fineoffset-whx080-5");
         assert_eq!(observation.observed_at, received);
         assert_eq!(observation.wind_speed_ms, Some(0.0), "a real 0.000 stays 0");
         let gust = observation.wind_gust_ms.expect("gust");

@@ -128,19 +128,30 @@ fn bad_payloads_are_dead_lettered_and_rtl_433_becomes_weather() {
                 br#"{"observed_at":"2026-11-25 11:00:00","wave_height_m":1}"#,
             ),
             ("nomadwave/buoy/pi-900/wave", good),
+            // A Pi with an unset clock, and a reading with a fraction of a second.
+            (
+                "nomadwave/buoy/pi-901/wave",
+                br#"{"observed_at":"1969-12-31T23:59:59Z","wave_height_m":1}"#,
+            ),
+            (
+                "nomadwave/buoy/pi-902/wave",
+                br#"{"observed_at":"2026-11-25T01:00:00.500Z","wave_height_m":1}"#,
+            ),
+            // One sensor (same model, id and channel) heard by two gateways.
             ("rtl_433/raspi/events", &nexus),
+            ("rtl_433/pi-north/events", &nexus),
         ],
     );
     edge.assert_exactly(TABLE, 1, "the one good buoy reading");
-    edge.assert_exactly("weather_observations", 1, "the rtl_433 reading");
+    edge.assert_exactly("weather_observations", 2, "one rtl_433 reading per gateway");
     let weather = edge.clickhouse.query(&format!(
-        "SELECT site, air_temp_c, rel_humidity_pct, isNull(wind_speed_ms) FROM {}.weather_observations",
+        "SELECT site, air_temp_c, rel_humidity_pct, isNull(wind_speed_ms) FROM {}.weather_observations FINAL ORDER BY site",
         edge.database
     ));
     assert_eq!(
         weather.trim(),
-        "rtl433-nexus-th-42-ch2\t20.5\t83\t1",
-        "rtl_433 values"
+        "rtl433-pi-north-nexus-th-42-ch2\t20.5\t83\t1\nrtl433-raspi-nexus-th-42-ch2\t20.5\t83\t1",
+        "rtl_433 values, one site per gateway"
     );
 
     let page = edge.bridge().metrics();
@@ -158,6 +169,17 @@ fn bad_payloads_are_dead_lettered_and_rtl_433_becomes_weather() {
         1.0,
         "{page}"
     );
+    for reason in ["time_out_of_range", "sub_second_time"] {
+        assert_eq!(
+            metric_value(
+                &page,
+                "nomadwave_dead_letters_total",
+                &format!("reason=\"{reason}\"")
+            ),
+            1.0,
+            "{reason}: {page}"
+        );
+    }
     let log = edge.bridge().log_text();
     assert!(
         log.contains("pi-900") && log.contains("bad_time"),
