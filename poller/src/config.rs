@@ -58,6 +58,11 @@ pub struct PollArgs {
     /// or revised [default: the feed's own].
     #[arg(long, env = "POLL_REVISION_WINDOW", value_parser = parse_duration)]
     pub revision_window: Option<Duration>,
+    /// Records dated more than this ahead of this host's clock are rejected (reason
+    /// `future_time`) and never move a site's cursor: an upstream's clock error must not make
+    /// every later real record look stale.
+    #[arg(long, env = "POLL_MAX_CLOCK_SKEW", default_value = "1h", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
     /// Largest response body accepted; a bigger one is rejected and counted.
     #[arg(long, env = "POLL_MAX_RESPONSE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_response_bytes: usize,
@@ -110,6 +115,8 @@ pub struct PollSettings {
     pub ready_max_age: Duration,
     /// Revision window of the cursor.
     pub revision_window: Duration,
+    /// How far ahead of now a record may be dated.
+    pub max_clock_skew: Duration,
     /// Response size limit.
     pub max_response_bytes: usize,
     /// KV bucket of the cursors.
@@ -219,6 +226,7 @@ impl PollSettings {
             user_agent,
             ready_max_age: args.ready_max_age.unwrap_or(longest * 3),
             revision_window: args.revision_window.unwrap_or(defaults.revision_window),
+            max_clock_skew: args.max_clock_skew,
             max_response_bytes: args.max_response_bytes,
             cursor_bucket: args.cursor_bucket.clone(),
         })

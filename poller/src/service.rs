@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use chrono::Utc;
-use feeds::{Parsed, PayloadError};
+use chrono::{DateTime, Utc};
+use feeds::{Parsed, PayloadError, RejectedRecord};
 use runtime::provision::ensure_kv;
 use runtime::publish::{publish_with_id, Outgoing, Published};
 use runtime::retry::RetryError;
@@ -258,6 +258,13 @@ async fn poll_once<F: Feed>(
     let ingested_at = Utc::now();
     let mut by_site: BTreeMap<String, Vec<Event<F::Observation>>> = BTreeMap::new();
     for observation in parsed.observations {
+        if let Some(rejected) =
+            too_far_ahead(&observation, ingested_at, context.settings.max_clock_skew)
+        {
+            events::record_rejected(feed, target, &rejected);
+            report.rejected += 1;
+            continue;
+        }
         let event = Event::new(parsed.source, observation, ingested_at);
         by_site
             .entry(event.observation.site().to_owned())
@@ -424,4 +431,26 @@ async fn watch_readiness<F: Feed>(context: Arc<PollContext<F>>, health: Health) 
             Some(problem) => health.set_not_ready("feed", problem),
         }
     }
+}
+
+/// A record dated beyond `skew` ahead of `now`, as a rejection; `None` when it is plausible.
+///
+/// Such a record would move its site's cursor into the future, after which every real record
+/// looks stale (rule of [`crate::cursor::Cursor::decide`]); it is refused instead, by name.
+pub fn too_far_ahead<O: Observation>(
+    observation: &O,
+    now: DateTime<Utc>,
+    skew: Duration,
+) -> Option<RejectedRecord> {
+    let limit = now + chrono::Duration::from_std(skew).unwrap_or(chrono::Duration::MAX);
+    (observation.observed_at() > limit).then(|| RejectedRecord {
+        location: format!("site {}", observation.site()),
+        reason: "future_time",
+        detail: format!(
+            "observed_at {} is more than {} ahead of this host's clock ({}); check the upstream's clock (--max-clock-skew/POLL_MAX_CLOCK_SKEW)",
+            observation.observed_at().to_rfc3339(),
+            format!("{}s", skew.as_secs()),
+            now.to_rfc3339()
+        ),
+    })
 }

@@ -146,3 +146,56 @@ fn killed_mid_run_and_restarted_publishes_each_observation_once() {
         "{page}"
     );
 }
+
+#[test]
+fn a_record_dated_a_year_ahead_is_rejected_and_later_real_records_still_publish() {
+    let nats = test_support::NatsServer::start("cursor-future");
+    let upstream = Upstream::start();
+    // Ten real observations and one with a runaway clock, a year ahead of now.
+    let with_future = |count: usize| {
+        let mut document: Value = serde_json::from_slice(&tathra_series(count)).unwrap();
+        let features = document["features"].as_array_mut().unwrap();
+        let mut future = features[0].clone();
+        let next_year = chrono::Utc::now() + chrono::Duration::days(365);
+        future["properties"]["TIME"] = json!(next_year.format("%Y-%m-%dT%H:%M:%S").to_string());
+        features.push(future);
+        serde_json::to_vec(&document).unwrap()
+    };
+    upstream.script("/geoserver/ows", vec![Reply::ok(with_future(10))]);
+    let poller = spawn_wave(&nats, &upstream);
+    assert!(
+        wait_until(Duration::from_secs(60), || stream_len(&nats, "WAVE") >= 10),
+        "stream holds {}; log:\n{}",
+        stream_len(&nats, "WAVE"),
+        poller.log_text()
+    );
+    // The next responses carry ten more real observations (and the same future record).
+    upstream.script("/geoserver/ows", vec![Reply::ok(with_future(20))]);
+    let grew = wait_until(Duration::from_secs(60), || stream_len(&nats, "WAVE") >= 20);
+    assert!(
+        grew,
+        "the later real records were taken as stale: stream holds {}; log:\n{}",
+        stream_len(&nats, "WAVE"),
+        poller.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let events = stream_events(&nats, "WAVE");
+    assert_eq!(
+        events.len(),
+        20,
+        "the real records, once each, and not the future one"
+    );
+    let page = poller.metrics();
+    assert!(
+        metric_value(
+            &page,
+            "nomadwave_poll_records_rejected_total",
+            "reason=\"future_time\""
+        ) >= 2.0,
+        "the future record is rejected by name at every poll:\n{page}"
+    );
+    assert!(
+        poller.log_text().contains("future_time"),
+        "the log names the reason"
+    );
+}
