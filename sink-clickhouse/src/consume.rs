@@ -100,7 +100,7 @@ pub enum ConsumeError {
         source: async_nats::Error,
     },
     /// Another sink consumer of the stream covers the same subjects.
-    #[error("{stream}: sink consumer(s) {others:?} read the same subjects as {own}, so both would write the same messages; stop the sinks using them, delete them (`nats consumer rm {stream} NAME`) and start again (the new consumer reads from the start and the check skips what is already written)")]
+    #[error("{stream}: sink consumer(s) {others:?} read the same subjects as {own}, so both would write the same messages; stop the sinks using them, delete them ({removal}; the other streams likely need the same) and start again (the new consumer reads from the start and the check skips what is already written)")]
     LayoutConflict {
         /// Stream name.
         stream: &'static str,
@@ -108,6 +108,8 @@ pub enum ConsumeError {
         own: String,
         /// The overlapping consumers.
         others: Vec<String>,
+        /// The commands that delete them.
+        removal: String,
     },
     /// The drain timeout expired with work in flight; un-acked messages will be redelivered.
     #[error(
@@ -279,10 +281,16 @@ async fn refuse_overlapping_consumers(
     if others.is_empty() {
         Ok(())
     } else {
+        let removal = others
+            .iter()
+            .map(|other| format!("`nats consumer rm {} {other}`", kind.stream_name()))
+            .collect::<Vec<_>>()
+            .join(", ");
         Err(ConsumeError::LayoutConflict {
             stream: kind.stream_name(),
             own: context.settings.consumer.durable_name.clone(),
             others,
+            removal,
         })
     }
 }

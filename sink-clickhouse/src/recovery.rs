@@ -23,6 +23,9 @@ use crate::rows::StoredObservation;
 
 /// Consecutive failures to (re)make or read the reader before the stream stops with an error.
 const READER_ATTEMPTS: u32 = 10;
+/// How long a re-read waits for the next message of a fetch before it takes its reader for
+/// gone: a healthy fetch of stored messages answers within milliseconds.
+const FETCH_SILENCE: Duration = Duration::from_secs(10);
 
 /// A durable consumer's deliveries and what is needed to re-read its un-acked range.
 pub struct Recovery {
@@ -158,7 +161,29 @@ impl Recovery {
             };
             let mut got_any = false;
             let mut broken = false;
-            while let Some(message) = fetched.next().await {
+            loop {
+                // A reader that expired while a batch was being settled (a ClickHouse outage
+                // longer than --reread-inactive-threshold) never answers again: a silent
+                // fetch is a broken reader, recreated at `next`.
+                let message = match tokio::time::timeout(FETCH_SILENCE, fetched.next()).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(_silent) => {
+                        failures += 1;
+                        events::reread_reader_recreated(
+                            kind,
+                            next.0,
+                            &format!("no answer for {FETCH_SILENCE:?}"),
+                        );
+                        if failures >= READER_ATTEMPTS {
+                            return Err(recovery_error(
+                                format!("the re-read's reader gave no answer for {FETCH_SILENCE:?}, {failures} times").into(),
+                            ));
+                        }
+                        broken = true;
+                        break;
+                    }
+                };
                 let message = match message {
                     Ok(message) => message,
                     Err(error) => {
