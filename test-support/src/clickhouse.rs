@@ -108,6 +108,11 @@ impl ClickHouseServer {
         self.process.kill();
     }
 
+    /// The server's pid while it runs (to freeze it with SIGSTOP and thaw it with SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Starts the server again on the same ports with the same data, stopping it first if it runs.
     pub fn restart(&mut self) {
         self.process.stop();

@@ -109,6 +109,11 @@ impl ServerProcess {
         }
     }
 
+    /// The running child's pid, for signals a test sends itself (SIGSTOP to freeze a server).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Spawns the server and waits up to [`START_TIMEOUT`] for `is_ready`; a server that is not ready is killed.
     pub(crate) fn start(&mut self, mut is_ready: impl FnMut() -> bool) -> StartOutcome {
         if let Err(err) = self.spawn() {

@@ -867,3 +867,57 @@ fn table_created_without_incarnation_is_upgraded_by_migrate() {
     );
     assert!(sink.is_running());
 }
+
+#[test]
+fn frozen_clickhouse_shows_in_readyz_and_nothing_is_lost() {
+    let mut pipeline = Pipeline::start("frozen-clickhouse");
+    let mut sink = spawn_logged(
+        &pipeline,
+        "sink",
+        &[
+            "--flush-interval",
+            "250ms",
+            "--insert-timeout",
+            "3s",
+            "--ack-wait",
+            "10s",
+        ],
+    );
+    let report = pipeline.publish(&["--kind", "wave", "--count", "2000"]);
+    assert_eq!(report["distinct_valid"], 2000);
+    assert_eq!(
+        pipeline.wait_for_rows(WAVE, 2000, Duration::from_secs(60)),
+        2000
+    );
+    // Frozen, not down: connections are accepted by the kernel and never answered, so only a
+    // bound on every query (the check as well as the INSERT) makes the stall visible.
+    let clickhouse = Pid::from_raw(pipeline.clickhouse.pid().unwrap() as i32);
+    kill(clickhouse, Signal::SIGSTOP).unwrap();
+    let more = pipeline.publish(&["--kind", "wave", "--count", "1000", "--offset", "2000"]);
+    assert_eq!(more["distinct_valid"], 1000);
+    let mut not_ready = String::new();
+    wait_until(
+        "/readyz to report clickhouse while it is frozen",
+        Duration::from_secs(60),
+        || match sink.readyz() {
+            Some((503, body)) if body.contains("clickhouse") => {
+                not_ready = body;
+                true
+            }
+            _ => false,
+        },
+    );
+    eprintln!("/readyz while ClickHouse is frozen:\n{not_ready}");
+    assert!(
+        sink.is_running(),
+        "the sink waits for ClickHouse, it does not exit"
+    );
+    kill(clickhouse, Signal::SIGCONT).unwrap();
+    assert_exact(&pipeline, WAVE, 3000);
+    wait_until("/readyz to recover", Duration::from_secs(60), || {
+        sink.readyz().is_some_and(|(status, _)| status == 200)
+    });
+    assert!(sink.is_running());
+    // The server is stopped normally at the end, not left frozen.
+    pipeline.clickhouse.stop();
+}
