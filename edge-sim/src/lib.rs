@@ -60,7 +60,15 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
         Command::Mqtt(args) => {
             let report = swarm::run_swarm(&args, shutdown).await?;
             println!("{report}");
-            Ok(())
+            match report.messages {
+                // A bounded run stopped by a signal says so in its exit status too, so that
+                // its report is never taken for a finished run.
+                Some(total) if !report.is_complete() => Err(anyhow::anyhow!(
+                    "interrupted: the broker acknowledged {} of --messages {total}",
+                    report.acked
+                )),
+                _ => Ok(()),
+            }
         }
         Command::Http(args) => Ok(upstream::serve(&args, shutdown).await?),
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS, Request};
 use runtime::mqtt::{MqttArgs, MqttSettings};
 use runtime::ConfigError;
 use tokio_util::sync::CancellationToken;
@@ -44,10 +44,16 @@ pub struct SwarmArgs {
 /// What a run sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SwarmReport {
-    /// Messages handed to the client.
+    /// Distinct messages handed to the client.
     pub sent: u64,
-    /// Messages the broker acknowledged.
+    /// Distinct messages the broker acknowledged: a message is re-sent only while its
+    /// acknowledgement is outstanding, so each one is counted once.
     pub acked: u64,
+    /// Publishes written again after a lost connection (messages that were in flight, or
+    /// queued in the client, when the broker went away).
+    pub resent: u64,
+    /// `--messages`, when the run was bounded.
+    pub messages: Option<u64>,
     /// Buoys.
     pub buoys: u32,
     /// First observation time.
@@ -60,13 +66,26 @@ impl std::fmt::Display for SwarmReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "sent={} acked={} buoys={} first_observed_at={} seconds={:.3}",
+            "sent={} acked={} buoys={} first_observed_at={} seconds={:.3} resent={} outcome={}",
             self.sent,
             self.acked,
             self.buoys,
             self.first_observed_at.to_rfc3339(),
-            self.elapsed.as_secs_f64()
+            self.elapsed.as_secs_f64(),
+            self.resent,
+            if self.is_complete() {
+                "complete"
+            } else {
+                "interrupted"
+            }
         )
+    }
+}
+
+impl SwarmReport {
+    /// Whether the run was bounded by `--messages` and the broker acknowledged all of them.
+    pub fn is_complete(&self) -> bool {
+        self.messages.is_some_and(|total| self.acked == total)
     }
 }
 
@@ -125,12 +144,21 @@ pub async fn run_swarm(
     let mut options = settings.options(&format!("edge-sim-{}", std::process::id()));
     options.set_clean_session(true);
     options.set_inflight(args.in_flight.max(1));
-    let (client, eventloop) = AsyncClient::new(options, usize::from(args.in_flight.max(1)));
-    let acked = Arc::new(AtomicU64::new(0));
+    // One request may wait in the client's channel, no more. On a lost connection rumqttc
+    // re-queues the in-flight publishes with their packet ids and appends what waits in the
+    // channel, then writes them all without waiting for acks; an appended publish gets the next
+    // packet id, which a re-sent one may still hold (a collision: rumqttc holds it back until
+    // that PUBACK). It holds back only one: a second collision replaces the first, which is
+    // then never sent, so the run could never finish. With one request in the channel there
+    // is at most one collision; a larger channel would need rumqttc's flow control, which the
+    // re-queued publishes bypass.
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
+    let counters = Arc::new(PublishCounters::default());
+    let acked = &counters.acked;
     let stop_events = CancellationToken::new();
-    let events = tokio::spawn(drive_connection(
+    let mut events = tokio::spawn(drive_connection(
         eventloop,
-        Arc::clone(&acked),
+        Arc::clone(&counters),
         stop_events.clone(),
         settings.clone(),
     ));
@@ -164,36 +192,52 @@ pub async fn run_swarm(
             });
         }
         sent += 1;
-        if args.messages.is_none() && last_progress.elapsed() >= Duration::from_secs(10) {
+        if last_progress.elapsed() >= PROGRESS_INTERVAL {
             last_progress = Instant::now();
-            tracing::info!(
-                sent,
-                acked = acked.load(Ordering::Relaxed),
-                "swarm progress"
-            );
+            log_progress(sent, &counters, args.messages);
         }
     }
-    // Wait for the broker's acks of everything sent (bounded when interrupted).
-    let wait_limit = if shutdown.is_cancelled() {
-        Duration::from_secs(5)
-    } else {
-        Duration::from_secs(600)
-    };
-    let deadline = Instant::now() + wait_limit;
+    // Wait for the broker's acks of everything sent (bounded, and shorter once interrupted).
+    let wait_limit = Duration::from_secs(600);
+    let interrupted_wait = Duration::from_secs(5);
+    let mut deadline = Instant::now() + wait_limit;
     while acked.load(Ordering::SeqCst) < sent && Instant::now() < deadline && !events.is_finished()
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        if shutdown.is_cancelled() {
+            deadline = deadline.min(Instant::now() + interrupted_wait);
+        }
+        if last_progress.elapsed() >= PROGRESS_INTERVAL {
+            last_progress = Instant::now();
+            log_progress(sent, &counters, args.messages);
+        }
     }
     let elapsed = began.elapsed();
-    let _ = client.try_disconnect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    stop_events.cancel();
-    if let Ok(Some(refusal)) = events.await {
+    // The connection task returns once our DISCONNECT is written; it is stopped instead when
+    // that does not happen soon (no connection at the moment, or publishes still in flight).
+    let mut ended = None;
+    let grace = Duration::from_secs(1);
+    if let Ok(Ok(())) = tokio::time::timeout(grace, client.disconnect()).await {
+        if let Ok(outcome) = tokio::time::timeout(grace, &mut events).await {
+            ended = Some(outcome);
+        }
+    }
+    let outcome = match ended {
+        Some(outcome) => outcome,
+        None => {
+            stop_events.cancel();
+            events.await
+        }
+    };
+    if let Ok(Some(refusal)) = outcome {
         anyhow::bail!(refusal);
     }
+    let written = counters.written.load(Ordering::SeqCst);
     let report = SwarmReport {
         sent,
         acked: acked.load(Ordering::SeqCst),
+        resent: written.saturating_sub(sent),
+        messages: args.messages,
         buoys: args.buoys,
         first_observed_at: start,
         elapsed,
@@ -208,12 +252,43 @@ pub async fn run_swarm(
     Ok(report)
 }
 
-/// Polls the client's event loop (it does the network I/O), counting PUBACKs and reconnecting
-/// after errors. Stops when the broker refuses the connection (credentials, certificates) and
-/// returns the one-line reason: a simulator run cannot succeed then.
+/// Requests that may wait in the MQTT client's channel (see `run_swarm`).
+const REQUEST_CHANNEL_CAPACITY: usize = 1;
+
+/// How often a run logs what it sent and what was acknowledged.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the connection task saw, shared with the publishing loop.
+#[derive(Debug, Default)]
+struct PublishCounters {
+    /// PUBACKs of publishes this client had in flight.
+    acked: AtomicU64,
+    /// Publishes written to a connection, first sends and re-sends alike.
+    written: AtomicU64,
+}
+
+fn log_progress(sent: u64, counters: &PublishCounters, messages: Option<u64>) {
+    let written = counters.written.load(Ordering::Relaxed);
+    tracing::info!(
+        sent,
+        acked = counters.acked.load(Ordering::Relaxed),
+        resent = written.saturating_sub(sent),
+        target = messages,
+        "swarm progress"
+    );
+}
+
+/// Polls the client's event loop (it does the network I/O), counting written publishes and
+/// PUBACKs, and reconnecting after errors; returns once our own DISCONNECT is written.
+/// Stops when the broker refuses the connection (credentials, certificates) and returns the
+/// one-line reason: a simulator run cannot succeed then.
+///
+/// On a lost connection the event loop keeps every unacknowledged publish and writes it again
+/// after reconnecting (the session is clean, so the new session would never acknowledge the
+/// old packets otherwise); those re-sends are what makes `acked` reach `sent`.
 async fn drive_connection(
     mut eventloop: rumqttc::EventLoop,
-    acked: Arc<AtomicU64>,
+    counters: Arc<PublishCounters>,
     stop: CancellationToken,
     settings: MqttSettings,
 ) -> Option<String> {
@@ -224,15 +299,29 @@ async fn drive_connection(
         };
         match event {
             Ok(Event::Incoming(Packet::PubAck(_))) => {
-                acked.fetch_add(1, Ordering::SeqCst);
+                counters.acked.fetch_add(1, Ordering::SeqCst);
             }
+            Ok(Event::Outgoing(Outgoing::Publish(_))) => {
+                counters.written.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return None,
             Ok(_) => {}
             Err(error) => {
+                // rumqttc re-queues in-flight publishes on a lost connection but not one held
+                // back by a packet-id collision (a broker acking out of order): re-queue it too,
+                // or it is never sent and the run never finishes.
+                if let Some(publish) = eventloop.state.collision.take() {
+                    eventloop.pending.push_back(Request::Publish(publish));
+                }
                 let failure = settings.describe_failure(&error);
                 if failure.refused {
                     return Some(failure.message);
                 }
-                tracing::warn!(error = %failure.message, "broker connection lost; reconnecting");
+                tracing::warn!(
+                    error = %failure.message,
+                    pending = eventloop.pending.len(),
+                    "broker connection lost; reconnecting and re-sending what was not acknowledged"
+                );
                 tokio::select! {
                     () = stop.cancelled() => return None,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
