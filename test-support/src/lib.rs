@@ -36,7 +36,10 @@ use std::path::{Path, PathBuf};
 pub use clickhouse::ClickHouseServer;
 pub use configs::ClickHousePorts;
 pub use mosquitto::MosquittoServer;
-pub use nats::NatsServer;
+pub use nats::{
+    executable as nats_server_executable, version_of as nats_server_version, NatsServer,
+    NATS_SERVER_OVERRIDE,
+};
 
 /// A folder `<workspace>/.data/test/<name>-<random hex>` for files a test writes before it
 /// starts a server (certificates, keys, credentials), removed on drop unless

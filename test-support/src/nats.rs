@@ -32,7 +32,13 @@ impl NatsServer {
     /// Readiness is read from the log, so it works whatever the extra config demands from clients,
     /// as long as `log_file` is not overridden.
     pub fn start_with_config(name: &str, extra_config: &str) -> NatsServer {
-        let executable = programs::NATS_SERVER.require();
+        let executable = executable();
+        // Every test's output names the server version it ran on.
+        eprintln!(
+            "test-support: {name}: {} ({})",
+            version_of(&executable),
+            executable.display()
+        );
         let data_dir = DataDir::create(name);
         let config_path = data_dir.path().join("nats.conf");
         let (process, port) = process::start_on_free_ports(|| {
@@ -87,6 +93,39 @@ impl NatsServer {
         self.process.stop();
         let is_ready = readiness_check(self.data_dir.path(), self.port);
         self.process.start_or_panic(is_ready);
+    }
+}
+
+/// Names an alternative nats-server executable (the suite runs once on Debian's 2.9 and once
+/// on a current release installed by `cargo xtask test`).
+pub const NATS_SERVER_OVERRIDE: &str = "NOMADWAVE_NATS_SERVER";
+
+/// The nats-server the tests use: [`NATS_SERVER_OVERRIDE`] when set, else the one on `PATH`.
+///
+/// Panics when the override names no file, or no nats-server is installed.
+pub fn executable() -> PathBuf {
+    match std::env::var_os(NATS_SERVER_OVERRIDE) {
+        Some(path) if !path.is_empty() => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "{NATS_SERVER_OVERRIDE}={} names no file: run `cargo xtask install`, which installs the current nats-server under .data/",
+                path.display()
+            );
+            path
+        }
+        _ => programs::NATS_SERVER.require(),
+    }
+}
+
+/// What `executable --version` prints (`nats-server: v2.15.1`), trimmed; the error when it fails.
+pub fn version_of(executable: &Path) -> String {
+    match std::process::Command::new(executable)
+        .arg("--version")
+        .output()
+    {
+        Ok(output) => String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        Err(error) => format!("nats-server --version failed: {error}"),
     }
 }
 
