@@ -38,14 +38,14 @@ fn install_debian_packages() -> anyhow::Result<()> {
         }
     }
     if missing.is_empty() {
-        println!(
+        outln!(
             "install: Debian packages already installed: {}",
             DEBIAN_PACKAGES.join(" ")
         );
         return Ok(());
     }
 
-    println!(
+    outln!(
         "install: installing missing Debian packages: {}",
         missing.join(" ")
     );
@@ -73,11 +73,11 @@ fn install_debian_packages() -> anyhow::Result<()> {
     }
     if !status.success() {
         // A post-install script that may not start its service makes apt-get fail although dpkg installed everything.
-        println!(
+        outln!(
             "install: apt-get exited with {status}, but every package is installed; carrying on"
         );
     }
-    println!("install: installed {}", missing.join(" "));
+    outln!("install: installed {}", missing.join(" "));
     Ok(())
 }
 
@@ -100,10 +100,10 @@ fn install_nextest() -> anyhow::Result<()> {
         .status()
         .context("cannot run `cargo nextest --version`")?;
     if probe.success() {
-        println!("install: cargo-nextest already installed");
+        outln!("install: cargo-nextest already installed");
         return Ok(());
     }
-    println!("install: installing cargo-nextest from crates.io (this compiles it, a few minutes)");
+    outln!("install: installing cargo-nextest from crates.io (this compiles it, a few minutes)");
     shell::run_checked(shell::cargo().args(["install", "cargo-nextest", "--locked"]))
         .context("cannot install cargo-nextest")
 }

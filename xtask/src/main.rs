@@ -5,7 +5,12 @@
 //! - `testing`: builds every binary, then runs the workspace tests with nextest;
 //! - `services`: starts, stops and reports the local servers kept in `.data/services`;
 //! - `pipeline`: the whole pipeline on this machine with live progress, until Ctrl-C;
-//! - `shell`: running commands, as root or through sudo.
+//! - `shell`: running commands, as root or through sudo;
+//! - `output`: console lines that never panic, also when stdout or stderr is a closed pipe.
+
+// First: its macros are textually scoped, and every module below prints through them.
+#[macro_use]
+mod output;
 
 mod install;
 mod pipeline;
@@ -57,7 +62,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            errln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }

@@ -26,6 +26,7 @@ use nix::unistd::Pid;
 use test_support::probe;
 
 use crate::install;
+use crate::output;
 use crate::services::{self, Endpoints, Service, UpArgs};
 use crate::shell;
 
@@ -278,7 +279,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<ExitCode> {
     let interrupted_early = || {
         let stop = interrupted.load(Ordering::SeqCst);
         if stop {
-            eprintln!("pipeline: interrupted before anything was started");
+            errln!("pipeline: interrupted before anything was started");
         }
         stop
     };
@@ -289,7 +290,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<ExitCode> {
     installed?;
     let bin_dir = target_dir()?.join(if args.release { "release" } else { "debug" });
     if args.no_build {
-        eprintln!(
+        errln!(
             "pipeline: --no-build: using the binaries in {}",
             bin_dir.display()
         );
@@ -312,19 +313,45 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<ExitCode> {
     }
     check_ports_free(ports)?;
 
-    let mut started = Vec::new();
-    let outcome = services::up_services(&args.servers, &mut started).and_then(|endpoints| {
-        let outcome = run_processes(ports, &endpoints, &bin_dir, &interrupted)?;
-        Ok((outcome, endpoints))
-    });
-    let servers_stopped = services::stop_services(&started);
+    let mut started = StartedServers::default();
+    let outcome =
+        services::up_services(&args.servers, &mut started.services).and_then(|endpoints| {
+            let outcome = run_processes(ports, &endpoints, &bin_dir, &interrupted)?;
+            Ok((outcome, endpoints))
+        });
+    let servers_stopped = started.stop();
     let (outcome, endpoints) = outcome?;
     servers_stopped.context("cannot stop the servers this run started")?;
 
-    print_summary(args, &endpoints, &started);
+    print_summary(args, &endpoints, &started.services);
     match outcome {
         Outcome::Interrupted => Ok(ExitCode::SUCCESS),
         Outcome::ProcessDied => Ok(ExitCode::FAILURE),
+    }
+}
+
+/// The servers this run started, stopped by [`StartedServers::stop`] on the normal paths and by `Drop` on
+/// every other one (a panic, an early return), so that no way out of a run leaves them running.
+#[derive(Default)]
+struct StartedServers {
+    /// Filled by `up_services` as each server comes up, so a failure half-way still names the ones to stop.
+    services: Vec<Service>,
+    /// Set by `stop`, so `Drop` does not stop them twice.
+    stopped: bool,
+}
+
+impl StartedServers {
+    fn stop(&mut self) -> anyhow::Result<()> {
+        self.stopped = true;
+        services::stop_services(&self.services)
+    }
+}
+
+impl Drop for StartedServers {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.stop();
+        }
     }
 }
 
@@ -388,7 +415,7 @@ fn install_signal_handler() -> anyhow::Result<Arc<AtomicBool>> {
     let flag = Arc::clone(&interrupted);
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("pipeline: already stopping, please wait (each process gets up to 15 s)");
+            errln!("pipeline: already stopping, please wait (each process gets up to 15 s)");
         }
     })
     .context("cannot install the SIGINT/SIGTERM handler")?;
@@ -451,7 +478,7 @@ impl Running {
     fn stop(&mut self) {
         let name = self.role.name();
         if let Some(status) = self.poll_exit() {
-            eprintln!("{name}: had already exited ({status})");
+            errln!("{name}: had already exited ({status})");
             return;
         }
         let started = Instant::now();
@@ -461,7 +488,7 @@ impl Running {
         }
         while started.elapsed() < STOP_TIMEOUT {
             if let Some(status) = self.poll_exit() {
-                eprintln!(
+                errln!(
                     "{name}: stopped ({status}) in {:.1} s",
                     started.elapsed().as_secs_f64()
                 );
@@ -469,7 +496,7 @@ impl Running {
             }
             std::thread::sleep(WAIT_STEP);
         }
-        eprintln!(
+        errln!(
             "{name}: still running {} s after SIGTERM, sending SIGKILL",
             STOP_TIMEOUT.as_secs()
         );
@@ -532,9 +559,9 @@ fn run_processes(
     );
     match &outcome {
         Ok(Outcome::Interrupted) => {
-            eprintln!("pipeline: stopping (publishers first, the sink last)")
+            errln!("pipeline: stopping (publishers first, the sink last)")
         }
-        Ok(Outcome::ProcessDied) | Err(_) => eprintln!("pipeline: stopping the other processes"),
+        Ok(Outcome::ProcessDied) | Err(_) => errln!("pipeline: stopping the other processes"),
     }
     fleet.stop_all();
     outcome
@@ -554,7 +581,7 @@ fn spawn_and_watch(
         }
         let role = launch.role;
         let running = spawn(&launch, bin_dir, pipeline_dir)?;
-        eprintln!(
+        errln!(
             "{}: started (pid {}), log {}",
             role.name(),
             running.child.id(),
@@ -580,7 +607,7 @@ fn spawn_and_watch(
         };
         if let Some(ready) = ready {
             match wait_ready(running, &*ready, interrupted) {
-                Wait::Ready => eprintln!("{}: ready", role.name()),
+                Wait::Ready => errln!("{}: ready", role.name()),
                 Wait::Interrupted => return Ok(Outcome::Interrupted),
                 Wait::Died(status) => {
                     report_death(running, status);
@@ -596,7 +623,7 @@ fn spawn_and_watch(
             }
         }
     }
-    eprintln!(
+    errln!(
         "pipeline: all processes running; logs in {}; Ctrl-C stops everything",
         pipeline_dir.join("logs").display()
     );
@@ -673,7 +700,7 @@ fn wait_ready(running: &mut Running, ready: &dyn Fn() -> bool, interrupted: &Ato
 }
 
 fn report_death(running: &Running, status: ExitStatus) {
-    eprintln!(
+    errln!(
         "error: {} exited unexpectedly ({status}); last lines of {}:\n{}",
         running.role.name(),
         running.log.display(),
@@ -703,9 +730,9 @@ fn watch(
                 return Ok(Outcome::ProcessDied);
             }
         }
-        if Instant::now() >= next_tick {
+        if Instant::now() >= next_tick && display.is_on() {
             let snapshot = Snapshot::take(ports, endpoints.clickhouse_http_port);
-            display.show(started.elapsed(), &snapshot)?;
+            display.show(started.elapsed(), &snapshot);
             next_tick += TICK;
         }
         std::thread::sleep(WAIT_STEP);
@@ -879,20 +906,32 @@ fn clock(elapsed: Duration) -> String {
 }
 
 /// The progress output: a block redrawn in place on a terminal, one line per tick otherwise.
+///
+/// A failed write switches it off and the pipeline runs on: stdout is then usually a pipe whose reader is
+/// gone (`| tee log` after a Ctrl-C, or `| head`), and only a signal or a dying process ends a run.
 struct Display {
     terminal: bool,
     /// Lines drawn by the previous redraw, to move the cursor back over.
     drawn: usize,
+    /// Cleared by the first write that fails.
+    on: bool,
 }
 
 impl Display {
     fn new(terminal: bool) -> Display {
-        Display { terminal, drawn: 0 }
+        Display {
+            terminal,
+            drawn: 0,
+            on: true,
+        }
     }
 
-    fn show(&mut self, elapsed: Duration, snapshot: &Snapshot) -> anyhow::Result<()> {
-        let mut out = std::io::stdout().lock();
-        if self.terminal {
+    fn is_on(&self) -> bool {
+        self.on
+    }
+
+    fn show(&mut self, elapsed: Duration, snapshot: &Snapshot) {
+        let text = if self.terminal {
             let lines = snapshot.block(elapsed);
             let mut text = String::new();
             if self.drawn > 0 {
@@ -904,20 +943,26 @@ impl Display {
                 text.push_str(line);
                 text.push('\n');
             }
-            out.write_all(text.as_bytes())
-                .context("cannot write the progress to stdout")?;
             self.drawn = lines.len();
+            text
         } else {
-            writeln!(out, "{}", snapshot.plain_line(elapsed))
-                .context("cannot write the progress to stdout")?;
+            format!("{}\n", snapshot.plain_line(elapsed))
+        };
+        let mut out = std::io::stdout().lock();
+        if let Err(error) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            self.on = false;
+            let reason = match output::is_closed_output(&error) {
+                true => "stdout was closed".to_owned(),
+                false => format!("cannot write to stdout: {error}"),
+            };
+            errln!("pipeline: {reason}; progress display stopped, Ctrl-C still stops everything");
         }
-        out.flush().context("cannot flush stdout")
     }
 
     /// Leaves the last block on screen; later messages start below it (and below a `^C` echo).
     fn finish(&mut self) {
-        if self.terminal && self.drawn > 0 {
-            println!();
+        if self.terminal && self.drawn > 0 && self.on {
+            outln!();
             self.drawn = 0;
         }
     }
@@ -938,32 +983,32 @@ fn print_summary(args: &PipelineArgs, endpoints: &Endpoints, started: &[Service]
     } else {
         format!("{data_var}cargo xtask services up {}", flags.join(" "))
     };
-    println!("pipeline stopped; the data stays:");
-    println!(
+    outln!("pipeline stopped; the data stays:");
+    outln!(
         "  servers (data, configs, logs): {}",
         services::services_root().display()
     );
-    println!(
+    outln!(
         "  pipeline logs:                 {}",
         root.join("pipeline").join("logs").display()
     );
     if started.contains(&Service::ClickHouse) {
-        println!("to inspect, start the servers again (they keep their data): {up}");
+        outln!("to inspect, start the servers again (they keep their data): {up}");
     } else {
-        println!("clickhouse-server was already running before this run and still is");
+        outln!("clickhouse-server was already running before this run and still is");
     }
     let client = format!(
         "clickhouse-client --host 127.0.0.1 --port {}",
         endpoints.clickhouse_tcp_port
     );
     for table in TABLES {
-        println!("  {client} --query \"SELECT count() FROM nomadwave.{table} FINAL\"");
+        outln!("  {client} --query \"SELECT count() FROM nomadwave.{table} FINAL\"");
     }
-    println!(
+    outln!(
         "  {client} --query \"SELECT site, observed_at, wave_height_m FROM nomadwave.wave_observations FINAL ORDER BY observed_at DESC LIMIT 10\""
     );
     if started.contains(&Service::ClickHouse) {
-        println!("then stop them with: {data_var}cargo xtask services down");
+        outln!("then stop them with: {data_var}cargo xtask services down");
     }
 }
 

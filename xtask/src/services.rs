@@ -309,7 +309,7 @@ fn up(args: &UpArgs) -> anyhow::Result<()> {
         let url = read_file(&service.url_file())?;
         exports.push(format!("{}={}", service.url_var(), url.trim()));
     }
-    println!("export {}", exports.join(" "));
+    outln!("export {}", exports.join(" "));
     Ok(())
 }
 
@@ -327,7 +327,7 @@ pub fn up_services(args: &UpArgs, started: &mut Vec<Service>) -> anyhow::Result<
         match running_pid(service)? {
             Some(pid) => {
                 let url = read_file(&service.url_file())?;
-                eprintln!(
+                errln!(
                     "{name}: already running (pid {pid}) at {}, using it as it is",
                     url.trim()
                 );
@@ -438,7 +438,7 @@ fn start_service(service: Service, args: &UpArgs) -> anyhow::Result<()> {
             .collect();
         anyhow::bail!("{name} did not start: {err:#}\n{}", tails.join("\n"));
     }
-    eprintln!(
+    errln!(
         "{name}: started (pid {}) at {}, data in {}",
         child.id(),
         launch.url,
@@ -483,7 +483,7 @@ pub fn stop_services(services: &[Service]) -> anyhow::Result<()> {
             continue;
         }
         if let Err(err) = stop_service(service) {
-            eprintln!("{}: {err:#}", service.name());
+            errln!("{}: {err:#}", service.name());
             first_error.get_or_insert(err);
         }
     }
@@ -498,12 +498,12 @@ fn stop_service(service: Service) -> anyhow::Result<()> {
     match running_pid(service)? {
         Some(pid) => {
             stop_process(service, pid)?;
-            eprintln!("{name}: stopped (pid {pid})");
+            errln!("{name}: stopped (pid {pid})");
         }
         None if service.pid_file().exists() => {
-            eprintln!("{name}: not running (removing stale pid file)")
+            errln!("{name}: not running (removing stale pid file)")
         }
-        None => eprintln!("{name}: not running"),
+        None => errln!("{name}: not running"),
     }
     remove_state_files(service)
 }
@@ -517,7 +517,7 @@ fn stop_process(service: Service, pid: u32) -> anyhow::Result<()> {
     if probe::poll_until(STOP_TIMEOUT, || !still_ours()) {
         return Ok(());
     }
-    eprintln!(
+    errln!(
         "{name}: still running {} s after SIGTERM, sending SIGKILL",
         STOP_TIMEOUT.as_secs()
     );
@@ -532,7 +532,7 @@ fn stop_process(service: Service, pid: u32) -> anyhow::Result<()> {
 }
 
 fn status() -> anyhow::Result<()> {
-    println!("{:<12} {:>8}  {:<7}  url", "service", "pid", "alive");
+    outln!("{:<12} {:>8}  {:<7}  url", "service", "pid", "alive");
     for service in SERVICES {
         let pid_text = match std::fs::read_to_string(service.pid_file()) {
             Ok(text) => text.trim().to_owned(),
@@ -543,7 +543,7 @@ fn status() -> anyhow::Result<()> {
             Ok(text) => text.trim().to_owned(),
             Err(_) => "-".to_owned(),
         };
-        println!(
+        outln!(
             "{:<12} {:>8}  {:<7}  {url}",
             service.name(),
             pid_text,

@@ -28,7 +28,7 @@ pub fn privileged(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Comman
 /// Fails when the command cannot be spawned.
 pub fn run_status(command: &mut Command) -> anyhow::Result<ExitStatus> {
     let rendered = render(command);
-    println!("$ {rendered}");
+    outln!("$ {rendered}");
     command
         .status()
         .with_context(|| format!("cannot run `{rendered}`"))
