@@ -59,10 +59,14 @@ variable "electricitymaps_token_secret" {
   default     = "kv/data/nomadwave/electricitymaps"
 }
 
-variable "vault_policies" {
-  type        = list(string)
-  description = "Vault policies granting read on electricitymaps_token_secret."
-  default     = ["nomadwave-ingest-carbon"]
+# Nomad 1.10 and later fetch Vault tokens only through workload identity: the task's identity
+# (the `identity "vault_default"` block below) logs in to Vault's JWT auth method with this role.
+# Nomad 1.10 ignores `vault { policies = ... }` without a word, so the task would get the auth
+# method's default role and no secret; see README "Nomad" for clusters still on the token workflow.
+variable "vault_role" {
+  type        = string
+  description = "Vault JWT auth role granting read on electricitymaps_token_secret."
+  default     = "nomadwave-ingest-carbon"
 }
 
 job "ingest-carbon" {
@@ -144,8 +148,16 @@ job "ingest-carbon" {
       }
 
       vault {
-        policies    = var.vault_policies
+        role        = var.vault_role
         change_mode = "restart"
+      }
+
+      # The workload identity the template's Vault login presents (audience vault.io, as the
+      # auth method's bound_audiences expects); spelled out so no server default is needed.
+      identity {
+        name = "vault_default"
+        aud  = ["vault.io"]
+        ttl  = "1h"
       }
 
       template {

@@ -56,10 +56,14 @@ variable "clickhouse_password_secret" {
   default     = "kv/data/nomadwave/clickhouse"
 }
 
-variable "vault_policies" {
-  type        = list(string)
-  description = "Vault policies granting read on clickhouse_password_secret."
-  default     = ["nomadwave-sink"]
+# Nomad 1.10 and later fetch Vault tokens only through workload identity: the task's identity
+# (the `identity "vault_default"` block below) logs in to Vault's JWT auth method with this role.
+# Nomad 1.10 ignores `vault { policies = ... }` without a word, so the task would get the auth
+# method's default role and no secret; see README "Nomad" for clusters still on the token workflow.
+variable "vault_role" {
+  type        = string
+  description = "Vault JWT auth role granting read on clickhouse_password_secret."
+  default     = "nomadwave-sink"
 }
 
 job "sink-clickhouse" {
@@ -140,8 +144,16 @@ job "sink-clickhouse" {
       }
 
       vault {
-        policies    = var.vault_policies
+        role        = var.vault_role
         change_mode = "restart"
+      }
+
+      # The workload identity the template's Vault login presents (audience vault.io, as the
+      # auth method's bound_audiences expects); spelled out so no server default is needed.
+      identity {
+        name = "vault_default"
+        aud  = ["vault.io"]
+        ttl  = "1h"
       }
 
       template {

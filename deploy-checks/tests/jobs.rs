@@ -7,7 +7,8 @@
 //! Then:
 //! - invariants of every job: the image comes from the variables (never a literal tag), every task has a driver, a
 //!   `config` and cpu/memory resources, every `service` has checks on /healthz and /readyz and the scrape tags,
-//!   service jobs update through a canary with auto-revert, secrets come from Vault templates under `secrets/`;
+//!   service jobs update through a canary with auto-revert, secrets come from Vault templates under `secrets/`, read
+//!   through workload identity (`vault { role = var.vault_role }` and `identity "vault_default"`, never `policies`);
 //! - invariants of the special jobs: the bridge is a system job on arm64 Pis, the partitioned sink runs
 //!   `var.partitions` allocations that each take their partition from NOMAD_ALLOC_INDEX, the replay is a batch job
 //!   dispatched with a `stream`;
@@ -136,6 +137,11 @@ const REPLAY_OPTIONAL_META: [&str; 6] = [
     "subject",
 ];
 
+/// The workload identity Nomad presents to Vault's JWT auth method for the default Vault cluster.
+const VAULT_IDENTITY: &str = "vault_default";
+/// The audience that identity must carry (Nomad's documented default, matched by the auth role's bound_audiences).
+const VAULT_AUDIENCE: &str = "vault.io";
+
 /// Where Nomad mounts a task's `secrets/` folder inside a Docker container.
 const SECRETS_IN_CONTAINER: &str = "/secrets/";
 
@@ -233,7 +239,7 @@ fn replay_job_matches_the_binary() {
 fn broken_copies_fail_the_checks() {
     let folder = tempfile::tempdir().expect("a temporary folder can be created");
     // Each case: the job to copy, the text to replace (every occurrence; it must occur), its replacement, and what a problem says.
-    let cases: [(&str, &str, &str, &str); 17] = [
+    let cases: [(&str, &str, &str, &str); 20] = [
         (
             "ingest-wave.nomad.hcl",
             r#"args    = ["run"]"#,
@@ -320,9 +326,27 @@ fn broken_copies_fail_the_checks() {
         ),
         (
             "ingest-carbon.nomad.hcl",
-            "        policies    = var.vault_policies\n",
+            "        role        = var.vault_role\n",
             "",
-            "reads Vault, but the task has no `vault { policies = [...] }`",
+            "reads Vault, but the task has no `vault { role = var.vault_role }`",
+        ),
+        (
+            "sink-clickhouse.nomad.hcl",
+            "        role        = var.vault_role\n",
+            "        role        = var.vault_role\n        policies    = [\"nomadwave-sink\"]\n",
+            "legacy token workflow",
+        ),
+        (
+            BRIDGE_JOB,
+            "        name = \"vault_default\"\n",
+            "        name = \"vault_mqtt\"\n",
+            "has no `identity { name = \"vault_default\"",
+        ),
+        (
+            REPLAY_JOB,
+            "        aud  = [\"vault.io\"]\n",
+            "        aud  = [\"nomad.io\"]\n",
+            "expected it to include \"vault.io\"",
         ),
         (
             BRIDGE_JOB,
@@ -1043,14 +1067,12 @@ fn secret_problems(task: &Task<'_>, env: &BTreeMap<String, String>) -> Vec<Strin
         let data = attribute(template.body(), "data")
             .and_then(text)
             .unwrap_or_default();
-        let has_policies = block(task.task.body(), "vault")
-            .and_then(|vault| attribute(vault.body(), "policies"))
-            .and_then(texts)
-            .is_some_and(|policies| !policies.is_empty());
-        if data.contains("secret \"") && !has_policies {
-            problems.push(format!(
-                "template {destination:?} reads Vault, but the task has no `vault {{ policies = [...] }}`"
-            ));
+        if data.contains("secret \"") {
+            problems.extend(
+                vault_problems(task)
+                    .into_iter()
+                    .map(|problem| format!("template {destination:?} reads Vault, but {problem}")),
+            );
         }
     }
     for (name, value) in env {
@@ -1072,6 +1094,59 @@ fn secret_problems(task: &Task<'_>, env: &BTreeMap<String, String>) -> Vec<Strin
                 }
             }
         }
+    }
+    problems
+}
+
+/// A task that reads Vault logs in through workload identity, the only way Nomad 1.10 and later fetch Vault tokens.
+///
+/// - `vault { role = var.vault_role }`: the JWT auth role, from a variable so each cluster names its own;
+/// - no `policies`: the legacy token workflow's field, which Nomad 1.10 ignores without a word (the task would get
+///   the auth method's default role and no secret);
+/// - `identity { name = "vault_default" aud = ["vault.io"] ttl = … }`: the identity the login presents, so the job
+///   works without a server-side `default_identity`.
+fn vault_problems(task: &Task<'_>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(vault) = block(task.task.body(), "vault") else {
+        return vec!["the task has no `vault { role = var.vault_role }`".to_string()];
+    };
+    let raw_role = block(task.raw_task.body(), "vault")
+        .and_then(|raw| attribute(raw.body(), "role"))
+        .map(written);
+    let role = attribute(vault.body(), "role").and_then(text);
+    match (raw_role.as_deref(), role.as_deref()) {
+        (Some("var.vault_role"), Some(role)) if !role.is_empty() => {}
+        (raw, _) => problems.push(format!(
+            "the task has no `vault {{ role = var.vault_role }}` (a non-empty role from the variable), found role {raw:?}"
+        )),
+    }
+    if attribute(vault.body(), "policies").is_some() {
+        problems.push(
+            "`vault { policies = ... }` is the legacy token workflow, which Nomad 1.10 and later ignore silently: use `role`"
+                .to_string(),
+        );
+    }
+    let identity = blocks(task.task.body(), "identity").find(|identity| {
+        attribute(identity.body(), "name").and_then(text).as_deref() == Some(VAULT_IDENTITY)
+    });
+    let Some(identity) = identity else {
+        problems.push(format!(
+            "the task has no `identity {{ name = \"{VAULT_IDENTITY}\" aud = [\"{VAULT_AUDIENCE}\"] ttl = \"1h\" }}` for the Vault login"
+        ));
+        return problems;
+    };
+    let audiences = attribute(identity.body(), "aud")
+        .and_then(texts)
+        .unwrap_or_default();
+    if !audiences.iter().any(|audience| audience == VAULT_AUDIENCE) {
+        problems.push(format!(
+            "identity {VAULT_IDENTITY:?} has aud {audiences:?}, expected it to include {VAULT_AUDIENCE:?}"
+        ));
+    }
+    if attribute(identity.body(), "ttl").and_then(text).is_none() {
+        problems.push(format!(
+            "identity {VAULT_IDENTITY:?} sets no `ttl`: without one the identity token never expires"
+        ));
     }
     problems
 }
