@@ -15,12 +15,20 @@ use thiserror::Error;
 /// revision window behind `latest` to the id of the event published for it, so a revised value
 /// (same time, new content, new id) is published again while an unchanged one is not, and a
 /// late record inside the window is still published.
+///
+/// `contested` holds the times for which two writers (two pollers racing on one site during a
+/// deploy) published different revisions: their order in the stream, and so which one `FINAL`
+/// keeps (the later stream sequence), is unknown, so the next poll publishes the upstream's
+/// current revision again with a fresh message id, which makes it the stream's last.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
     /// Newest observation time published.
     pub latest: Option<DateTime<Utc>>,
     /// Event id published per observation time, within the window behind `latest`.
     pub recent: BTreeMap<DateTime<Utc>, String>,
+    /// Times two writers published different revisions of (absent in cursors written before).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub contested: std::collections::BTreeSet<DateTime<Utc>>,
 }
 
 /// What to do with one parsed record.
@@ -32,6 +40,10 @@ pub enum Decision {
     Stale,
     /// Exactly this event was published already.
     Unchanged,
+    /// Another writer published a different revision of this time: publish the current one
+    /// again under a fresh message id, so the stream's duplicate window cannot drop it and it
+    /// lands after both.
+    Republish,
 }
 
 impl Decision {
@@ -41,6 +53,7 @@ impl Decision {
             Decision::Publish => "publish",
             Decision::Stale => "stale",
             Decision::Unchanged => "unchanged",
+            Decision::Republish => "republish",
         }
     }
 }
@@ -48,6 +61,9 @@ impl Decision {
 impl Cursor {
     /// Whether an event observed at `observed_at` with id `event_id` should be published.
     pub fn decide(&self, observed_at: DateTime<Utc>, event_id: &str, window: Duration) -> Decision {
+        if self.contested.contains(&observed_at) {
+            return Decision::Republish;
+        }
         if self
             .recent
             .get(&observed_at)
@@ -61,9 +77,33 @@ impl Cursor {
         }
     }
 
+    /// The `Nats-Msg-Id` to publish `event_id` with, given `decision` (`Publish` or
+    /// `Republish`) and `now_ms` (for a contested time).
+    ///
+    /// A first publication of a time uses the event id, so a retry or a restart inside the
+    /// duplicate window is dropped by the stream. A revision (another id was published for the
+    /// time) uses `<new>.after.<old>`: still stable across retries, but never equal to an id
+    /// published before, so going back to a revision seen earlier (two pollers that fetched
+    /// at different moments) is not dropped as a duplicate and lands last. A contested time
+    /// adds `now_ms`: its history is unknown, so only a fresh id is sure to land.
+    pub fn message_id(
+        &self,
+        observed_at: DateTime<Utc>,
+        event_id: &str,
+        decision: Decision,
+        now_ms: i64,
+    ) -> String {
+        match (decision, self.recent.get(&observed_at)) {
+            (Decision::Republish, _) => format!("{event_id}.again.{now_ms}"),
+            (_, Some(previous)) if previous != event_id => format!("{event_id}.after.{previous}"),
+            _ => event_id.to_owned(),
+        }
+    }
+
     /// Records that the event was acknowledged, and forgets what fell out of the window.
     pub fn record(&mut self, observed_at: DateTime<Utc>, event_id: &str, window: Duration) {
         self.recent.insert(observed_at, event_id.to_owned());
+        self.contested.remove(&observed_at);
         if self.latest.is_none_or(|latest| observed_at > latest) {
             self.latest = Some(observed_at);
         }
@@ -71,12 +111,22 @@ impl Cursor {
     }
 
     /// Folds in another writer's cursor (after a compare-and-set conflict).
+    ///
+    /// A time both published with different ids becomes contested: which revision the table
+    /// keeps is unknown until it is published once more ([`Decision::Republish`]).
     pub fn merge(&mut self, other: &Cursor, window: Duration) {
         for (observed_at, id) in &other.recent {
-            self.recent
-                .entry(*observed_at)
-                .or_insert_with(|| id.clone());
+            match self.recent.get(observed_at) {
+                None => {
+                    self.recent.insert(*observed_at, id.clone());
+                }
+                Some(ours) if ours != id => {
+                    self.contested.insert(*observed_at);
+                }
+                Some(_) => {}
+            }
         }
+        self.contested.extend(other.contested.iter().copied());
         self.latest = self.latest.max(other.latest);
         self.prune(window);
     }
@@ -85,6 +135,7 @@ impl Cursor {
         if let Some(latest) = self.latest {
             let floor = floor(latest, window);
             self.recent.retain(|observed_at, _| *observed_at >= floor);
+            self.contested.retain(|observed_at| *observed_at >= floor);
         }
     }
 }
@@ -304,5 +355,56 @@ mod tests {
         assert_eq!(ours.latest, Some(at(5)));
         assert_eq!(ours.decide(at(3), "c", 4 * HOUR), Decision::Unchanged);
         assert_eq!(ours.decide(at(5), "e", 4 * HOUR), Decision::Unchanged);
+    }
+
+    #[test]
+    fn racing_revisions_are_contested_until_published_again() {
+        // Two pollers during a deploy: one published revision 1 of 05:00, the other revision 2.
+        let mut ours = Cursor::default();
+        ours.record(at(5), "rev1", 4 * HOUR);
+        let mut theirs = Cursor::default();
+        theirs.record(at(5), "rev2", 4 * HOUR);
+        ours.merge(&theirs, 4 * HOUR);
+        // Whichever id the merge kept, the next poll publishes the current revision again.
+        assert_eq!(ours.decide(at(5), "rev2", 4 * HOUR), Decision::Republish);
+        assert_eq!(ours.decide(at(5), "rev1", 4 * HOUR), Decision::Republish);
+        // The mark survives a further merge (the other writer saves next) and a round trip.
+        let mut stored = Cursor::default();
+        stored.merge(&ours, 4 * HOUR);
+        let back: Cursor = serde_json::from_str(&serde_json::to_string(&stored).unwrap()).unwrap();
+        assert_eq!(back.decide(at(5), "rev2", 4 * HOUR), Decision::Republish);
+        ours.record(at(5), "rev2", 4 * HOUR);
+        assert_eq!(ours.decide(at(5), "rev2", 4 * HOUR), Decision::Unchanged);
+        // Same id on both sides is no contest; a cursor from before the field reads as none.
+        let mut same = Cursor::default();
+        same.record(at(6), "x", 4 * HOUR);
+        let other = same.clone();
+        same.merge(&other, 4 * HOUR);
+        assert_eq!(same.decide(at(6), "x", 4 * HOUR), Decision::Unchanged);
+        let old: Cursor =
+            serde_json::from_str(r#"{"latest":"2025-05-05T06:00:00Z","recent":{}}"#).unwrap();
+        assert!(old.contested.is_empty());
+    }
+
+    #[test]
+    fn revisions_never_reuse_an_earlier_message_id() {
+        let mut cursor = Cursor::default();
+        let id = |cursor: &Cursor, event: &str| {
+            let decision = cursor.decide(at(5), event, 4 * HOUR);
+            cursor.message_id(at(5), event, decision, 1_000)
+        };
+        assert_eq!(
+            id(&cursor, "rev2"),
+            "rev2",
+            "first publication: the event id"
+        );
+        cursor.record(at(5), "rev2", 4 * HOUR);
+        // A poller that fetched before the revision publishes rev1 over rev2 …
+        assert_eq!(id(&cursor, "rev1"), "rev1.after.rev2");
+        cursor.record(at(5), "rev1", 4 * HOUR);
+        // … and the next poll's rev2 is not dropped as the duplicate of the first "rev2".
+        assert_eq!(id(&cursor, "rev2"), "rev2.after.rev1");
+        cursor.contested.insert(at(5));
+        assert_eq!(id(&cursor, "rev2"), "rev2.again.1000");
     }
 }

@@ -289,7 +289,18 @@ async fn poll_once<F: Feed>(
             match stored.cursor.decide(observed_at, id, window) {
                 Decision::Unchanged => report.unchanged += 1,
                 Decision::Stale => report.stale += 1,
-                Decision::Publish => match publish(context, &event).await {
+                decision @ (Decision::Publish | Decision::Republish) => match publish(
+                    context,
+                    &event,
+                    stored.cursor.message_id(
+                        observed_at,
+                        id,
+                        decision,
+                        Utc::now().timestamp_millis(),
+                    ),
+                )
+                .await
+                {
                     Ok(published) => {
                         match published {
                             Published::Stored { .. } => report.published += 1,
@@ -322,13 +333,15 @@ async fn poll_once<F: Feed>(
     Ok(report)
 }
 
+/// Publishes `event` with `message_id` as `Nats-Msg-Id` (see [`crate::cursor::Cursor::message_id`]).
 async fn publish<F: Feed>(
     context: &PollContext<F>,
     event: &Event<F::Observation>,
+    message_id: String,
 ) -> Result<Published, PollError> {
     let outgoing = Outgoing {
         subject: event.subject(),
-        message_id: event.event_id.as_str().to_owned(),
+        message_id,
         headers: async_nats::HeaderMap::new(),
         payload: event.encode().into(),
     };
@@ -447,9 +460,9 @@ pub fn too_far_ahead<O: Observation>(
         location: format!("site {}", observation.site()),
         reason: "future_time",
         detail: format!(
-            "observed_at {} is more than {} ahead of this host's clock ({}); check the upstream's clock (--max-clock-skew/POLL_MAX_CLOCK_SKEW)",
+            "observed_at {} is more than {}s ahead of this host's clock ({}); check the upstream's clock (--max-clock-skew/POLL_MAX_CLOCK_SKEW)",
             observation.observed_at().to_rfc3339(),
-            format!("{}s", skew.as_secs()),
+            skew.as_secs(),
             now.to_rfc3339()
         ),
     })

@@ -199,3 +199,59 @@ fn a_record_dated_a_year_ahead_is_rejected_and_later_real_records_still_publish(
         "the log names the reason"
     );
 }
+
+#[test]
+fn two_pollers_racing_on_one_site_leave_the_newest_revision_last() {
+    let nats = test_support::NatsServer::start("cursor-race");
+    // The upstream revised 00:20 (1.11 m → 2.22 m). The new poller sees the revision; the old
+    // one of a deploy fetched just before it and publishes later, then sees it too.
+    let with_last = |height: f64| {
+        let mut document: Value = serde_json::from_slice(&tathra_series(3)).unwrap();
+        document["features"][2]["properties"]["significant_wave_height"] = json!(height);
+        serde_json::to_vec(&document).unwrap()
+    };
+    let fresh = Upstream::start();
+    fresh.script("/geoserver/ows", vec![Reply::ok(with_last(2.22))]);
+    let stale = Upstream::start();
+    stale.script(
+        "/geoserver/ows",
+        vec![
+            Reply::ok(with_last(1.11)).after(Duration::from_secs(3)),
+            Reply::ok(with_last(2.22)),
+        ],
+    );
+    let new_poller = spawn_wave(&nats, &fresh);
+    assert!(
+        wait_until(Duration::from_secs(60), || stream_len(&nats, "WAVE") >= 3),
+        "log:\n{}",
+        new_poller.log_text()
+    );
+    let old_poller = spawn_wave(&nats, &stale);
+    // The old poller publishes the old revision, then, at its next polls, the new one again.
+    assert!(
+        wait_until(Duration::from_secs(60), || stale
+            .seen("/geoserver/ows")
+            .len()
+            >= 4),
+        "the old poller polled {} times; log:\n{}",
+        stale.seen("/geoserver/ows").len(),
+        old_poller.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let heights: Vec<f64> = stream_events(&nats, "WAVE")
+        .iter()
+        .filter(|event| event["observed_at"] == "2025-05-01T00:20:00Z")
+        .map(|event| event["wave_height_m"].as_f64().unwrap())
+        .collect();
+    assert!(
+        heights.contains(&1.11),
+        "the old poller's stale revision was published: {heights:?}"
+    );
+    // The table keeps the highest stream sequence (ReplacingMergeTree(stream_seq)): the
+    // newest revision must be the stream's last message for the key.
+    assert_eq!(
+        heights.last(),
+        Some(&2.22),
+        "the newest revision was dropped as a duplicate after the stale one: {heights:?}"
+    );
+}
