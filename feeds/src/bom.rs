@@ -9,7 +9,7 @@
 //! - the undocumented v1 API (`/v1/locations/{geohash}/observations`), shaped
 //!   `{"metadata": {..}, "data": {..}}`, tagged [`SOURCE_API`].
 //!
-//! How the quirks listed in `FORMATS.md` (section 1) are handled:
+//! How the quirks listed in `docs/formats.md` (section 1) are handled:
 //!
 //! - **Time.** Legacy records carry three times; only `aifstime_utc` (`YYYYMMDDhhmmss`, UTC) is
 //!   used. `local_date_time_full` is local time whose offset moves with daylight saving (and the

@@ -2,7 +2,7 @@
 //!
 //! Reads the bodies of `/carbon-intensity/latest` (one record), `/carbon-intensity/history`
 //! (`{"zone", "history": [...]}`) and `/carbon-intensity/past-range` (`{"zone", "data": [...]}`),
-//! as described in `FORMATS.md` §2.
+//! as described in `docs/formats.md` §2.
 //!
 //! What this parser does about the quirks documented there:
 //!

@@ -2,7 +2,7 @@
 //!
 //! Reads a WFS `GetFeature` answer (`outputFormat=application/json`) or an export of it: a
 //! GeoJSON `FeatureCollection` whose feature `properties` are the columns of one of the two
-//! real-time layers described in `FORMATS.md` §3.
+//! real-time layers described in `docs/formats.md` §3.
 //!
 //! What this parser does about the quirks documented there:
 //!

@@ -1,5 +1,5 @@
 //! Parsers for the upstream formats NomadWave polls, written against the genuine payloads in
-//! `../shared/fixtures` and the quirks `FORMATS.md` documents.
+//! `../shared/fixtures` and the quirks `docs/formats.md` documents.
 //!
 //! The crate is pure (bytes in, observations out) so the `parse` subcommands, the pollers, the
 //! tests and the fuzz targets all drive the same code.

@@ -1,4 +1,4 @@
-//! Simulated Bureau of Meteorology observations (`FORMATS.md` §1): the legacy product JSON
+//! Simulated Bureau of Meteorology observations (`docs/formats.md` §1): the legacy product JSON
 //! (`/fwo/{product}/{product}.{wmo}.json`) and the v1 API's nearest-station observation
 //! (`/v1/locations/{geohash}/observations`).
 //!

@@ -1,4 +1,4 @@
-//! Simulated Electricity Maps API v3 carbon intensity (`FORMATS.md` §2):
+//! Simulated Electricity Maps API v3 carbon intensity (`docs/formats.md` §2):
 //! `/v3/carbon-intensity/history?zone=Z` (`{"zone", "history": [24 hourly records, oldest
 //! first]}`) and `/v3/carbon-intensity/latest?zone=Z` (one record).
 //!

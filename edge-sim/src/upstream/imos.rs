@@ -1,5 +1,5 @@
 //! Simulated AODN GeoServer WFS: `GetFeature` on the real-time wave map layer
-//! `aodn:aodn_wave_nrt_v2_timeseries_map`, as GeoJSON (`FORMATS.md` §3).
+//! `aodn:aodn_wave_nrt_v2_timeseries_map`, as GeoJSON (`docs/formats.md` §3).
 //!
 //! The body has the shape of a live GeoServer GeoJSON answer (`totalFeatures`, a feature `id`,
 //! `geometry_name`) around features whose `properties` carry exactly the columns of the genuine
