@@ -171,17 +171,20 @@ job "ingest-wave-bridge" {
       }
 
       env {
-        MQTT_URL           = var.mqtt_url
-        MQTT_CLIENT_ID     = "nomadwave-bridge-${node.unique.name}"
-        MQTT_USER          = var.mqtt_user
-        MQTT_PASSWORD_FILE = "${NOMAD_SECRETS_DIR}/mqtt_password"
-        NATS_URL           = var.nats_url
-        HTTP_LISTEN        = "0.0.0.0:9464"
-        LOG_FORMAT         = "json"
-        RUST_BACKTRACE     = "1"
+        MQTT_URL             = var.mqtt_url
+        MQTT_CLIENT_ID       = "nomadwave-bridge-${node.unique.name}"
+        MQTT_USER            = var.mqtt_user
+        MQTT_PASSWORD_FILE   = "${NOMAD_SECRETS_DIR}/mqtt_password"
+        NATS_URL             = var.nats_url
+        BRIDGE_DRAIN_TIMEOUT = "10s"
+        HTTP_LISTEN          = "0.0.0.0:9464"
+        LOG_FORMAT           = "json"
+        RUST_BACKTRACE       = "1"
       }
 
-      # In-flight messages finish (BRIDGE_DRAIN_TIMEOUT) and their PUBACKs go out before the exit.
+      # In-flight messages finish (BRIDGE_DRAIN_TIMEOUT, 10s above) and their PUBACKs go out before
+      # the exit; the margin covers the flush, and 20s stays within a default client's
+      # max_kill_timeout (30s).
       kill_timeout = "20s"
 
       resources {

@@ -174,6 +174,7 @@ job "sink-clickhouse" {
         CLICKHOUSE_DATABASE      = var.clickhouse_database
         CLICKHOUSE_USER          = var.clickhouse_user
         CLICKHOUSE_PASSWORD_FILE = "${NOMAD_SECRETS_DIR}/clickhouse_password"
+        SINK_DRAIN_TIMEOUT       = "20s"
         HTTP_LISTEN              = "0.0.0.0:9464"
         LOG_FORMAT               = "json"
         RUST_BACKTRACE           = "1"
@@ -181,9 +182,10 @@ job "sink-clickhouse" {
         MALLOC_ARENA_MAX         = "2"
       }
 
-      # Longer than the sink's drain timeout (SINK_DRAIN_TIMEOUT, 30s), so a stop lets the last
-      # batch be written and acked.
-      kill_timeout = "45s"
+      # The drain (SINK_DRAIN_TIMEOUT, 20s above) plus 5s to flush the last acks and release the
+      # lease, and within a default client's max_kill_timeout (30s): a longer kill_timeout is cut
+      # to 30s by the client, which would SIGKILL the sink in the middle of its drain.
+      kill_timeout = "25s"
 
       resources {
         cpu    = 500

@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use deploy_checks::{assert_mentions, assert_no_problems, OUR_BINARIES};
 use hcl::eval::{Context, Evaluate};
@@ -142,6 +143,15 @@ const VAULT_IDENTITY: &str = "vault_default";
 /// The audience that identity must carry (Nomad's documented default, matched by the auth role's bound_audiences).
 const VAULT_AUDIENCE: &str = "vault.io";
 
+/// A Nomad client's default `max_kill_timeout`: a task's longer `kill_timeout` is cut to this, then SIGKILL follows.
+const MAX_KILL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Nomad's `kill_timeout` when a task sets none.
+const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a drain must leave of the kill timeout: the NATS flush, the lease release and the exit after the drain ends.
+const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+/// The flag whose `--help` entry names a binary's drain-timeout variable.
+const DRAIN_TIMEOUT_FLAG: &str = "--drain-timeout";
+
 /// Where Nomad mounts a task's `secrets/` folder inside a Docker container.
 const SECRETS_IN_CONTAINER: &str = "/secrets/";
 
@@ -201,6 +211,29 @@ fn replay_is_a_batch_job_dispatched_with_a_stream() {
 }
 
 #[test]
+fn every_task_drains_within_its_kill_timeout_on_a_default_client() {
+    let mut problems = Vec::new();
+    for expected in &EXPECTED_JOBS {
+        problems.extend(shutdown_problems(&load_job(expected.file)));
+    }
+    assert_no_problems(
+        "drain timeouts against kill timeouts (build the binaries with `cargo build --workspace --bins`)",
+        &problems,
+    );
+}
+
+#[test]
+fn nomad_durations_parse() {
+    assert_eq!(nomad_duration("25s"), Some(Duration::from_secs(25)));
+    assert_eq!(nomad_duration("1m30s"), Some(Duration::from_secs(90)));
+    assert_eq!(nomad_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(nomad_duration("2h"), Some(Duration::from_secs(7200)));
+    for bad in ["", "25", "s", "25 s", "1.5x"] {
+        assert_eq!(nomad_duration(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
 fn ingest_wave_job_matches_the_binary() {
     assert_contract("ingest-wave.nomad.hcl");
 }
@@ -239,7 +272,7 @@ fn replay_job_matches_the_binary() {
 fn broken_copies_fail_the_checks() {
     let folder = tempfile::tempdir().expect("a temporary folder can be created");
     // Each case: the job to copy, the text to replace (every occurrence; it must occur), its replacement, and what a problem says.
-    let cases: [(&str, &str, &str, &str); 20] = [
+    let cases: [(&str, &str, &str, &str); 23] = [
         (
             "ingest-wave.nomad.hcl",
             r#"args    = ["run"]"#,
@@ -350,9 +383,27 @@ fn broken_copies_fail_the_checks() {
         ),
         (
             BRIDGE_JOB,
-            r#"MQTT_CLIENT_ID     = "nomadwave-bridge-${node.unique.name}""#,
-            r#"MQTT_CLIENT_ID     = "nomadwave-bridge""#,
+            r#"MQTT_CLIENT_ID       = "nomadwave-bridge-${node.unique.name}""#,
+            r#"MQTT_CLIENT_ID       = "nomadwave-bridge""#,
             "make it stable per node",
+        ),
+        (
+            "sink-clickhouse.nomad.hcl",
+            r#"kill_timeout = "25s""#,
+            r#"kill_timeout = "45s""#,
+            "exceeds a default client's max_kill_timeout",
+        ),
+        (
+            PARTITIONED_JOB,
+            r#"SINK_DRAIN_TIMEOUT       = "20s""#,
+            r#"SINK_DRAIN_TIMEOUT       = "22s""#,
+            "the task would be SIGKILLed before its drain ends",
+        ),
+        (
+            BRIDGE_JOB,
+            "        BRIDGE_DRAIN_TIMEOUT = \"10s\"\n",
+            "",
+            "sets no BRIDGE_DRAIN_TIMEOUT",
         ),
         (
             REPLAY_JOB,
@@ -1356,7 +1407,7 @@ fn contract_problems(job: &JobFile) -> Vec<String> {
         } else {
             vec![job.meta_defaults()]
         };
-    let mut problems = Vec::new();
+    let mut problems = shutdown_problems(job);
     for task in job.tasks() {
         for meta in &dispatches {
             let shown = if dispatches.len() > 1 {
@@ -1380,6 +1431,106 @@ fn contract_problems(job: &JobFile) -> Vec<String> {
         }
     }
     prefixed(&job.file, problems)
+}
+
+/// Whether every task stops cleanly on a Nomad client with default settings: its `kill_timeout` is at most the
+/// client's `max_kill_timeout` (30s), and a task whose binary has a drain timeout sets it explicitly (not relying on
+/// the binary's default) with drain + margin ≤ `kill_timeout`, so SIGKILL never lands in the middle of a drain.
+///
+/// The drain-timeout variable is the one `--help` lists for `--drain-timeout`, so a new binary with a drain is
+/// covered without a list here.
+fn shutdown_problems(job: &JobFile) -> Vec<String> {
+    let mut problems = Vec::new();
+    for task in job.tasks() {
+        let name = task.name();
+        let kill_timeout = match attribute(task.task.body(), "kill_timeout").and_then(text) {
+            None => DEFAULT_KILL_TIMEOUT,
+            Some(written) => match nomad_duration(&written) {
+                Some(duration) => duration,
+                None => {
+                    problems.push(format!(
+                        "{name}: kill_timeout {written:?} is not a duration"
+                    ));
+                    continue;
+                }
+            },
+        };
+        if kill_timeout > MAX_KILL_TIMEOUT {
+            problems.push(format!(
+                "{name}: kill_timeout {kill_timeout:?} exceeds a default client's max_kill_timeout ({MAX_KILL_TIMEOUT:?}), which cuts it to {MAX_KILL_TIMEOUT:?} and then SIGKILLs"
+            ));
+        }
+        let command = task.command();
+        let (Some(binary), Some(subcommand)) = (command.first(), command.get(1)) else {
+            continue;
+        };
+        if !OUR_BINARIES.contains(&binary.as_str()) {
+            continue;
+        }
+        let help = match deploy_checks::HelpText::of(
+            &test_support::target_bin(binary),
+            std::slice::from_ref(subcommand),
+        ) {
+            Ok(help) => help,
+            Err(problem) => {
+                problems.push(format!("{name}: {problem}"));
+                continue;
+            }
+        };
+        let drain_variable = help.variables.iter().find_map(|(variable, flag)| {
+            flag.as_ref()
+                .is_some_and(|flag| flag.name == DRAIN_TIMEOUT_FLAG)
+                .then(|| variable.clone())
+        });
+        let Some(drain_variable) = drain_variable else {
+            continue;
+        };
+        let env = task.env();
+        let Some(written) = env.get(&drain_variable) else {
+            problems.push(format!(
+                "{name}: sets no {drain_variable}: set the drain timeout explicitly (the binary's default is {:?}), so it is seen beside kill_timeout",
+                help.defaults.get(DRAIN_TIMEOUT_FLAG)
+            ));
+            continue;
+        };
+        let Some(drain) = nomad_duration(written) else {
+            problems.push(format!(
+                "{name}: {drain_variable} = {written:?} is not a duration"
+            ));
+            continue;
+        };
+        if drain + DRAIN_MARGIN > kill_timeout {
+            problems.push(format!(
+                "{name}: {drain_variable} {drain:?} + {DRAIN_MARGIN:?} margin exceeds kill_timeout {kill_timeout:?}: the task would be SIGKILLed before its drain ends"
+            ));
+        }
+    }
+    problems
+}
+
+/// A Go duration as Nomad reads it, in the forms the jobs use: `25s`, `1m30s`, `500ms`, `2h`.
+fn nomad_duration(text: &str) -> Option<Duration> {
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        let amount: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, nanos) = [
+            ("ms", 1_000_000_u64),
+            ("s", 1_000_000_000),
+            ("m", 60_000_000_000),
+            ("h", 3_600_000_000_000),
+        ]
+        .into_iter()
+        .find(|(unit, _)| rest.starts_with(unit))?;
+        rest = &rest[unit.len()..];
+        total += Duration::from_nanos(amount.checked_mul(nanos)?);
+    }
+    Some(total)
 }
 
 fn task_contract_problems(
