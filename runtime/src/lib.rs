@@ -4,6 +4,7 @@
 //! - [`nats`]: connection options from flags/env (URL list, user/password, token, creds, TLS)
 //!   and a connect that fails with a one-line error naming the setting;
 //! - [`provision`]: idempotent creation of streams, pull consumers and KV buckets;
+//! - [`publish`]: publishing with `Nats-Msg-Id` and waiting for the stream's ack, retried;
 //! - [`http`]: one port per process serving `/metrics`, `/healthz` and `/readyz`;
 //! - [`mqtt`]: MQTT broker settings (URL, credentials, keep-alive) for the bridge and simulator;
 //! - [`telemetry`]: tracing in text or JSON, and the Prometheus recorder;
