@@ -10,7 +10,7 @@ use crate::{finish_publish, Pipeline};
 
 /// Small batches and a short ack wait, so a restarted sink gets its predecessor's un-acked
 /// messages back within seconds and kills land while rows are being written.
-const SMALL_BATCHES: &[&str] = &[
+pub const SMALL_BATCHES: &[&str] = &[
     "--batch-rows",
     "5000",
     "--flush-interval",

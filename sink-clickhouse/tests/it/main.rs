@@ -75,6 +75,11 @@ impl Pipeline {
 
     /// Starts the sink with `extra` flags after `run`.
     pub fn spawn_sink(&self, extra: &[&str]) -> Sink {
+        self.spawn_sink_with_stderr(extra, Stdio::inherit())
+    }
+
+    /// Like [`Pipeline::spawn_sink`], with the sink's stderr sent to `stderr`.
+    pub fn spawn_sink_with_stderr(&self, extra: &[&str], stderr: Stdio) -> Sink {
         let http_port = free_port();
         let mut command = Command::new(target_bin("sink-clickhouse"));
         self.env(&mut command);
@@ -83,7 +88,7 @@ impl Pipeline {
             .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let child = command.spawn().expect("spawn sink-clickhouse");
         Sink { child, http_port }
     }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,24 +19,12 @@ use futures::StreamExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use schema::{Event, Kind, WaveObservation};
-use test_support::{free_port, target_bin};
 
-use crate::faults::assert_exact;
+use crate::faults::{assert_exact, SMALL_BATCHES};
+use crate::partitions::mappings;
 use crate::{finish_publish, http_get, metric_value, Pipeline, Sink};
 
 const WAVE: &str = "wave_observations";
-
-/// Small batches and a short ack wait, as in `faults.rs`.
-const SMALL_BATCHES: &[&str] = &[
-    "--batch-rows",
-    "5000",
-    "--flush-interval",
-    "250ms",
-    "--ack-wait",
-    "5s",
-    "--insert-timeout",
-    "3s",
-];
 
 /// A sink whose stderr is copied to the test's and kept for searching.
 struct LoggedSink {
@@ -93,21 +81,29 @@ impl LoggedSink {
     fn readyz(&self) -> Option<(u16, String)> {
         http_get(self.sink.http_port, "/readyz")
     }
+
+    /// Waits until `/readyz` answers 503 naming `check`; returns the body.
+    fn wait_not_ready(&self, check: &str, timeout: Duration) -> String {
+        let mut not_ready = String::new();
+        wait_until(
+            &format!("/readyz to report {check}"),
+            timeout,
+            || match self.readyz() {
+                Some((503, body)) if body.contains(check) => {
+                    not_ready = body;
+                    true
+                }
+                _ => false,
+            },
+        );
+        not_ready
+    }
 }
 
 /// Starts `sink-clickhouse run` with `extra` flags, its stderr copied and kept.
 fn spawn_logged(pipeline: &Pipeline, label: &str, extra: &[&str]) -> LoggedSink {
-    let http_port = free_port();
-    let mut command = Command::new(target_bin("sink-clickhouse"));
-    pipeline.env(&mut command);
-    command
-        .arg("run")
-        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("spawn sink-clickhouse");
-    let stderr = child.stderr.take().expect("stderr piped");
+    let mut sink = pipeline.spawn_sink_with_stderr(extra, Stdio::piped());
+    let stderr = sink.child.stderr.take().expect("stderr piped");
     let log = Arc::new(Mutex::new(String::new()));
     let copy = log.clone();
     let label = label.to_owned();
@@ -120,10 +116,7 @@ fn spawn_logged(pipeline: &Pipeline, label: &str, extra: &[&str]) -> LoggedSink 
             log.push('\n');
         }
     });
-    LoggedSink {
-        sink: Sink { child, http_port },
-        log,
-    }
+    LoggedSink { sink, log }
 }
 
 /// Runs `work` against the pipeline's JetStream on a runtime of its own.
@@ -508,18 +501,6 @@ fn replay_into_live_tables_while_the_live_sink_lags_writes_nothing_twice() {
     );
 }
 
-/// The `mappings` block of the server config (as in `partitions.rs`).
-fn mappings(partitions: u32) -> String {
-    let entries: Vec<String> = Kind::ALL
-        .iter()
-        .map(|kind| {
-            let (source, destination) = kind.partition_mapping(partitions);
-            format!("  \"{source}\": \"{destination}\"")
-        })
-        .collect();
-    format!("mappings = {{\n{}\n}}\n", entries.join("\n"))
-}
-
 #[test]
 fn partitioned_sink_beside_unpartitioned_consumer_is_refused() {
     let pipeline = Pipeline::start_with_nats_config("layout-conflict", &mappings(2));
@@ -620,18 +601,7 @@ fn dead_letter_stream_unavailable_shows_in_readyz() {
     });
     publish_raw(&pipeline, subject, &event_id, payload.clone());
 
-    let mut not_ready = String::new();
-    wait_until(
-        "/readyz to report dead_letters",
-        Duration::from_secs(30),
-        || match sink.readyz() {
-            Some((503, body)) if body.contains("dead_letters") => {
-                not_ready = body;
-                true
-            }
-            _ => false,
-        },
-    );
+    let not_ready = sink.wait_not_ready("dead_letters", Duration::from_secs(30));
     eprintln!("/readyz while the dead-letter stream is missing:\n{not_ready}");
     assert!(sink.is_running(), "the sink waits, it does not exit yet");
 
@@ -895,18 +865,7 @@ fn frozen_clickhouse_shows_in_readyz_and_nothing_is_lost() {
     kill(clickhouse, Signal::SIGSTOP).unwrap();
     let more = pipeline.publish(&["--kind", "wave", "--count", "1000", "--offset", "2000"]);
     assert_eq!(more["distinct_valid"], 1000);
-    let mut not_ready = String::new();
-    wait_until(
-        "/readyz to report clickhouse while it is frozen",
-        Duration::from_secs(60),
-        || match sink.readyz() {
-            Some((503, body)) if body.contains("clickhouse") => {
-                not_ready = body;
-                true
-            }
-            _ => false,
-        },
-    );
+    let not_ready = sink.wait_not_ready("clickhouse", Duration::from_secs(60));
     eprintln!("/readyz while ClickHouse is frozen:\n{not_ready}");
     assert!(
         sink.is_running(),

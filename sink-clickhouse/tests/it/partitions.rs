@@ -13,7 +13,7 @@ use crate::{finish_publish, Pipeline};
 const PARTITIONS: u32 = 2;
 
 /// The `mappings` block of the server config, as an operator writes it.
-fn mappings(partitions: u32) -> String {
+pub fn mappings(partitions: u32) -> String {
     let entries: Vec<String> = Kind::ALL
         .iter()
         .map(|kind| {
