@@ -72,6 +72,20 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The first of `n` consecutive TCP ports on 127.0.0.1 that were all free a moment ago (a
+/// command that derives ports from one base, like `cargo xtask pipeline --metrics-port`).
+pub fn free_port_run(n: u16) -> u16 {
+    loop {
+        let base = free_port();
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        if (1..n).all(|offset| TcpListener::bind((Ipv4Addr::LOCALHOST, base + offset)).is_ok()) {
+            return base;
+        }
+    }
+}
+
 /// The workspace root: the folder holding the root `Cargo.toml`.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -10,7 +10,6 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -275,7 +274,7 @@ impl Ports {
         loop {
             let ports = Ports {
                 servers: std::array::from_fn(|_| test_support::free_port()),
-                metrics_base: free_port_run(5),
+                metrics_base: test_support::free_port_run(5),
                 upstream: test_support::free_port(),
             };
             let all = ports.all();
@@ -306,19 +305,6 @@ impl Ports {
         .into_iter()
         .flat_map(|(flag, port)| [flag.to_owned(), port.to_string()])
         .collect()
-    }
-}
-
-/// The first of `n` consecutive free ports on 127.0.0.1.
-fn free_port_run(n: u16) -> u16 {
-    loop {
-        let base = test_support::free_port();
-        if base.checked_add(n).is_none() {
-            continue;
-        }
-        if (1..n).all(|offset| TcpListener::bind((Ipv4Addr::LOCALHOST, base + offset)).is_ok()) {
-            return base;
-        }
     }
 }
 

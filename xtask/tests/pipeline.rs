@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -35,7 +34,7 @@ struct Ports {
 impl Ports {
     fn pick() -> Ports {
         loop {
-            let metrics_base = free_port_run(5);
+            let metrics_base = test_support::free_port_run(5);
             let ports = Ports {
                 nats: test_support::free_port(),
                 mqtt: test_support::free_port(),
@@ -78,21 +77,6 @@ impl Ports {
         .into_iter()
         .flat_map(|(flag, port)| [flag.to_owned(), port.to_string()])
         .collect()
-    }
-}
-
-/// The first of `n` consecutive free ports on 127.0.0.1.
-fn free_port_run(n: u16) -> u16 {
-    loop {
-        let base = test_support::free_port();
-        if base.checked_add(n).is_none() {
-            continue;
-        }
-        let all_free =
-            (1..n).all(|offset| TcpListener::bind((Ipv4Addr::LOCALHOST, base + offset)).is_ok());
-        if all_free {
-            return base;
-        }
     }
 }
 
