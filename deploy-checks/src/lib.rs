@@ -9,8 +9,9 @@
 //! - `tests/jobs.rs`: the Nomad job specs in `jobs/` parse as HCL2 and keep their invariants (canary updates,
 //!   checks, resources, pinned images, Vault templates, the bridge's constraints, the partitioned sink's count, the
 //!   replay's dispatch meta);
-//! - `tests/ops.rs`: the Grafana dashboard and the Prometheus alert rules in `ops/` parse, and every metric they use
-//!   is served by a running binary.
+//! - `tests/ops.rs`: the Grafana dashboard and the Prometheus alert rules in `ops/` parse, the rules pass
+//!   `promtool check rules` and the outage scenarios of `ops/prometheus/tests.yml` (`promtool test rules`), and every
+//!   metric they use is served by a running binary.
 //!
 //! What both compose.yaml and the jobs share is here: their contract with the binaries. Every flag and environment
 //! variable a deployment file gives a binary must be one the binary's `--help` lists, and the whole command line

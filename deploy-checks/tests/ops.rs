@@ -1,6 +1,8 @@
 //! Checks of the operations kit in `ops/`: the Grafana dashboard and the Prometheus alert rules.
 //!
-//! Both parse (JSON, YAML) and have the shape their tools expect; and every `nomadwave_*` metric they use is one the
+//! Both parse (JSON, YAML) and have the shape their tools expect; the rules pass `promtool check rules` and the
+//! scenarios of `ops/prometheus/tests.yml` (`promtool test rules`), which show every alert firing in the outage it
+//! exists for; and every `nomadwave_*` metric they use is one the
 //! binaries really serve: a real nats-server, clickhouse-server and mosquitto, the real `sink-clickhouse run`,
 //! `ingest-wx run` (against `edge-sim http`, plus one station on a closed port so its retries show) and
 //! `ingest-wave bridge` (fed by `edge-sim mqtt`), with wave events published by `edge-sim publish` (some malformed,
@@ -30,14 +32,23 @@ const ALERT_RULES: &str = "ops/prometheus/nomadwave-alerts.yml";
 const MIN_SCHEMA_VERSION: u64 = 36;
 
 /// The alerts the kit must have, by name.
-const EXPECTED_ALERTS: [&str; 6] = [
+const EXPECTED_ALERTS: [&str; 12] = [
     "NomadwaveSinkConsumerLagGrowing",
     "NomadwaveSinkNotWriting",
+    "NomadwaveSinkNoLeaseHolder",
     "NomadwaveSinkDown",
+    "NomadwaveSinkAbsent",
     "NomadwaveDeadLetters",
     "NomadwaveFeedStale",
+    "NomadwavePollerDown",
+    "NomadwavePollerAbsent",
     "NomadwaveBridgeDisconnected",
+    "NomadwaveBridgeDown",
+    "NomadwaveBridgeAbsent",
 ];
+
+/// The promtool unit tests of the alert rules, relative to the workspace root.
+const RULE_TESTS: &str = "ops/prometheus/tests.yml";
 
 /// Severities Alertmanager routes on.
 const SEVERITIES: [&str; 2] = ["warning", "critical"];
@@ -255,6 +266,44 @@ fn alert_rules_are_prometheus_rule_groups() {
         }
     }
     assert_no_problems(ALERT_RULES, &problems);
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_rules() {
+    assert_promtool_succeeds(&["check", "rules", ALERT_RULES]);
+}
+
+#[test]
+fn alert_rules_pass_their_promtool_unit_tests() {
+    assert_promtool_succeeds(&["test", "rules", RULE_TESTS]);
+}
+
+#[test]
+fn every_alert_is_shown_firing_by_a_promtool_scenario() {
+    let text = read_workspace_file(RULE_TESTS);
+    let tests: Yaml = serde_norway::from_str(&text)
+        .unwrap_or_else(|err| panic!("{RULE_TESTS} is not valid YAML: {err}"));
+    let mut firing = BTreeSet::new();
+    for test in tests["tests"].as_sequence().cloned().unwrap_or_default() {
+        for case in test["alert_rule_test"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let fires = case["exp_alerts"]
+                .as_sequence()
+                .is_some_and(|alerts| !alerts.is_empty());
+            if let (true, Some(alert)) = (fires, case["alertname"].as_str()) {
+                firing.insert(alert.to_string());
+            }
+        }
+    }
+    let problems: Vec<String> = EXPECTED_ALERTS
+        .iter()
+        .filter(|alert| !firing.contains(**alert))
+        .map(|alert| format!("no scenario expects {alert} to fire"))
+        .collect();
+    assert_no_problems(RULE_TESTS, &problems);
 }
 
 #[test]
@@ -642,7 +691,7 @@ fn is_metric_character(character: char) -> bool {
 
 /// A light syntax check of a PromQL expression: brackets balanced and nested properly, strings closed.
 ///
-/// No PromQL parser is at hand (promtool is not installed here); this catches the usual slip of an edit.
+/// The dashboard's expressions have no promtool check of their own; this catches the usual slip of an edit.
 fn check_promql_shape(expression: &str) -> Result<(), String> {
     let mut open = Vec::new();
     let mut quote: Option<char> = None;
@@ -704,6 +753,32 @@ fn is_prometheus_duration(text: &str) -> bool {
         rest = &rest[unit.len()..];
     }
     true
+}
+
+/// Runs `promtool ARGS…` in the workspace root and fails the test with its output unless it succeeds.
+///
+/// A missing promtool fails the test naming the Debian package; the check never skips.
+fn assert_promtool_succeeds(args: &[&str]) {
+    let output = match Command::new("promtool")
+        .args(args)
+        .current_dir(test_support::workspace_root())
+        .output()
+    {
+        Ok(output) => output,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => panic!(
+            "`promtool` is not installed: install the Debian package with `apt-get install -y --no-install-recommends prometheus` \
+             (`cargo xtask install` does); this check never skips"
+        ),
+        Err(err) => panic!("cannot run promtool: {err}"),
+    };
+    assert!(
+        output.status.success(),
+        "`promtool {}` failed ({}):\n{}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn read_workspace_file(relative: &str) -> String {

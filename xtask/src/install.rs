@@ -9,12 +9,15 @@ use crate::shell;
 /// Debian packages the tests and the local services need.
 ///
 /// `docker-compose` is there to validate `compose.yaml` with `docker-compose config`; Docker itself is not used.
-pub const DEBIAN_PACKAGES: [&str; 5] = [
+/// `prometheus` is there for `promtool`, which checks and unit-tests the alert rules in `ops/prometheus/`; its own
+/// server is not started.
+pub const DEBIAN_PACKAGES: [&str; 6] = [
     "nats-server",
     "mosquitto",
     "clickhouse-server",
     "clickhouse-client",
     "docker-compose",
+    "prometheus",
 ];
 
 /// Installs the missing Debian packages with one `apt-get update` and one `apt-get install`, then cargo-nextest.
