@@ -6,6 +6,7 @@
 //! - `testing`: builds every binary, then runs the workspace tests with nextest;
 //! - `services`: starts, stops and reports the local servers kept in `.data/services`;
 //! - `pipeline`: the whole pipeline on this machine with live progress, until Ctrl-C;
+//! - `docs`: `docs/configuration.md` from the binaries' `--help`, and the check that it is current;
 //! - `shell`: running commands, as root or through sudo;
 //! - `output`: console lines that never panic, also when stdout or stderr is a closed pipe.
 
@@ -14,6 +15,7 @@
 mod output;
 
 mod current_servers;
+mod docs;
 mod install;
 mod pipeline;
 mod services;
@@ -58,6 +60,8 @@ enum Command {
     /// data and logs stay in `.data/` (or `$NOMADWAVE_DATA_DIR`) for inspection. The server port flags only
     /// matter for servers that are not running yet; running ones are used as they are.
     Pipeline(pipeline::PipelineArgs),
+    /// Generate docs/configuration.md from the binaries' --help; `--check` fails when it is out of date.
+    Docs(docs::DocsArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Pipeline(args) => pipeline::run(&args),
+        Command::Docs(args) => docs::run(&args),
     }
 }
 
