@@ -109,8 +109,9 @@ pub struct ConsumerArgs {
     /// (it is made again from where it stopped if it does, e.g. during a ClickHouse outage).
     #[arg(long, env = "SINK_REREAD_INACTIVE_THRESHOLD", default_value = "60s", value_parser = parse_duration)]
     pub reread_inactive_threshold: Duration,
-    /// Who holds the lease; a restart with the same id takes its lease back at once
-    /// [default: $NOMAD_ALLOC_ID, else hostname:pid].
+    /// Who holds the lease, as logs name it; each process also draws its own token, so two
+    /// processes with one id are still two holders and a restart after a crash waits like a
+    /// standby [default: $NOMAD_ALLOC_ID, else hostname:pid].
     #[arg(long, env = "SINK_INSTANCE_ID")]
     pub instance_id: Option<String>,
 }
