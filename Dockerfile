@@ -53,6 +53,8 @@ COPY --from=builder /src/target/release/ingest-wx /usr/local/bin/ingest-wx
 COPY --from=builder /src/target/release/ingest-carbon /usr/local/bin/ingest-carbon
 COPY --from=builder /src/target/release/edge-sim /usr/local/bin/edge-sim
 
-USER nomadwave:nomadwave
+# Numeric, so Kubernetes' runAsNonRoot and other checks that cannot read /etc/passwd see a non-root
+# user: the uid and gid of the nomadwave user created above (the jobs' templates render secrets for it).
+USER 10001:10001
 # Every long-running command serves /metrics, /healthz and /readyz here when HTTP_LISTEN says so.
 EXPOSE 9464

@@ -127,13 +127,16 @@ job "ingest-carbon" {
       }
 
       # Fails while NATS is disconnected, a site has had no success within POLL_READY_MAX_AGE, or the
-      # upstream refused the last request (4xx other than 429).
+      # upstream refused the last request (4xx other than 429). Readiness follows a third party's
+      # upstream, so it does not judge deployments (on_update = "ignore"): an upstream outage would
+      # otherwise fail, and auto-revert, every rollout. The canary must still pass /healthz.
       check {
-        name     = "ready"
-        type     = "http"
-        path     = "/readyz"
-        interval = "10s"
-        timeout  = "3s"
+        name      = "ready"
+        type      = "http"
+        path      = "/readyz"
+        interval  = "10s"
+        timeout   = "3s"
+        on_update = "ignore"
       }
     }
 

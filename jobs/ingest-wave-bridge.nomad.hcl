@@ -65,6 +65,12 @@ variable "mqtt_password_secret" {
 # (the `identity "vault_default"` block below) logs in to Vault's JWT auth method with this role.
 # Nomad 1.10 ignores `vault { policies = ... }` without a word, so the task would get the auth
 # method's default role and no secret; see README "Nomad" for clusters still on the token workflow.
+variable "node_pool" {
+  type        = string
+  description = "Node pool of the Pis (Nomad 1.6+); `default` unless the Pis have a pool of their own."
+  default     = "default"
+}
+
 variable "vault_role" {
   type        = string
   description = "Vault JWT auth role granting read on mqtt_password_secret."
@@ -74,6 +80,7 @@ variable "vault_role" {
 job "ingest-wave-bridge" {
   type        = "system"
   datacenters = var.datacenters
+  node_pool   = var.node_pool
 
   constraint {
     attribute = "${node.class}"
@@ -92,6 +99,16 @@ job "ingest-wave-bridge" {
   }
 
   group "bridge" {
+    # The Pis are connected intermittently (Nomad 1.8+): a Pi that misses its heartbeats keeps its
+    # bridge running, buffering readings in its local broker, for up to lost_after; it is not
+    # replaced elsewhere (a system job belongs to its node), and when the Pi reconnects the
+    # allocation that kept running is kept rather than restarted.
+    disconnect {
+      lost_after = "24h"
+      replace    = false
+      reconcile  = "keep_original"
+    }
+
     network {
       port "http" {
         to = 9464

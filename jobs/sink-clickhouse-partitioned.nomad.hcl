@@ -192,7 +192,7 @@ job "sink-clickhouse-partitioned" {
         LOG_FORMAT               = "json"
         RUST_BACKTRACE           = "1"
         # glibc arenas: peak RSS stays flat as volume grows (BENCHMARKS.md, "Memory").
-        MALLOC_ARENA_MAX         = "2"
+        MALLOC_ARENA_MAX = "2"
       }
 
       # The drain (SINK_DRAIN_TIMEOUT, 20s above) plus 5s to flush the last acks and release the

@@ -170,7 +170,7 @@ job "sink-clickhouse-replay" {
         LOG_FORMAT               = "json"
         RUST_BACKTRACE           = "1"
         # glibc arenas: peak RSS stays flat as volume grows (BENCHMARKS.md, "Memory").
-        MALLOC_ARENA_MAX         = "2"
+        MALLOC_ARENA_MAX = "2"
       }
 
       # A replay has no drain: an interrupted one is dispatched again and writes nothing twice. The

@@ -433,6 +433,90 @@ fn contract_check_catches_unknown_flags_variables_and_values() {
     assert_mentions(&unknown_subcommand, "`sink-clickhouse serve --help` failed");
 }
 
+/// Our compose services and the Nomad job each one mirrors.
+const SERVICE_JOBS: [(&str, &str); 5] = [
+    ("sink", "jobs/sink-clickhouse.nomad.hcl"),
+    ("ingest-wave", "jobs/ingest-wave.nomad.hcl"),
+    ("ingest-wx", "jobs/ingest-wx.nomad.hcl"),
+    ("ingest-carbon", "jobs/ingest-carbon.nomad.hcl"),
+    ("bridge", "jobs/ingest-wave-bridge.nomad.hcl"),
+];
+
+#[test]
+fn memory_limits_match_the_nomad_jobs() {
+    let compose = Compose::load(&workspace_file(COMPOSE_FILE));
+    let mut problems = Vec::new();
+    for (name, job) in SERVICE_JOBS {
+        let Some(service) = compose.services.get(name) else {
+            problems.push(format!("no service `{name}`"));
+            continue;
+        };
+        let job_memory = job_memory_mib(&read_workspace_file(job));
+        let limit = service
+            .value("mem_limit")
+            .or_else(|| {
+                service
+                    .value("deploy")
+                    .and_then(|deploy| deploy.get("resources"))
+                    .and_then(|resources| resources.get("limits"))
+                    .and_then(|limits| limits.get("memory"))
+            })
+            .and_then(scalar_text);
+        match (limit.as_deref().and_then(memory_mib), job_memory) {
+            (_, None) => problems.push(format!("{job}: no `resources {{ memory = … }}`")),
+            (None, _) => problems.push(format!(
+                "`{name}` has no memory limit (`mem_limit`, as {job} reserves {job_memory:?} MiB), found {limit:?}"
+            )),
+            (Some(limit), Some(memory)) if limit != memory => problems.push(format!(
+                "`{name}` is limited to {limit} MiB, but {job} reserves {memory} MiB"
+            )),
+            _ => {}
+        }
+    }
+    assert_eq!(memory_mib("512m"), Some(512));
+    assert_eq!(memory_mib("1g"), Some(1024));
+    assert_eq!(memory_mib("128M"), Some(128));
+    assert_no_problems("compose memory limits against the Nomad jobs", &problems);
+}
+
+/// `resources { memory = N }` of a job's task, in MiB as Nomad counts it.
+fn job_memory_mib(text: &str) -> Option<u64> {
+    let body: hcl::Body = hcl::parse(text).ok()?;
+    fn find(body: &hcl::Body) -> Option<u64> {
+        for block in body.blocks() {
+            if block.identifier() == "resources" {
+                return block
+                    .body()
+                    .attributes()
+                    .find(|attribute| attribute.key() == "memory")
+                    .and_then(|attribute| match attribute.expr() {
+                        hcl::Expression::Number(number) => number.as_u64(),
+                        _ => None,
+                    });
+            }
+            if let Some(found) = find(block.body()) {
+                return Some(found);
+            }
+        }
+        None
+    }
+    find(&body)
+}
+
+/// A compose memory size (`512m`, `1g`, `128M`) in MiB.
+fn memory_mib(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let text = text.strip_suffix('b').unwrap_or(&text);
+    let (digits, factor) = match text.chars().last()? {
+        'k' => (&text[..text.len() - 1], 1.0 / 1024.0),
+        'm' => (&text[..text.len() - 1], 1.0),
+        'g' => (&text[..text.len() - 1], 1024.0),
+        _ => (text, 1.0 / (1024.0 * 1024.0)),
+    };
+    let mib = digits.parse::<f64>().ok()? * factor;
+    (mib.fract() == 0.0).then_some(mib as u64)
+}
+
 // --- Dockerfile ----------------------------------------------------------------------------------------------------
 
 #[test]
@@ -503,10 +587,25 @@ fn dockerfile_ships_every_binary_from_pinned_images() {
         .rev()
         .find(|(instruction, _)| instruction == "USER")
     {
-        Some((_, user)) if !user.starts_with("root") && !user.starts_with('0') => {}
-        other => problems.push(format!(
-            "the runtime stage must run as a non-root USER, found {other:?}"
-        )),
+        Some((_, user)) => {
+            // Numeric, so checks that cannot read the image's /etc/passwd (Kubernetes' runAsNonRoot) see non-root.
+            let ids: Vec<&str> = user.split(':').collect();
+            let numeric = ids.len() <= 2
+                && ids
+                    .iter()
+                    .all(|id| !id.is_empty() && id.chars().all(|digit| digit.is_ascii_digit()));
+            if !numeric || ids.iter().any(|id| id.parse::<u32>() == Ok(0)) {
+                problems.push(format!(
+                    "the runtime stage must run as a numeric non-root USER UID:GID, found {user:?}"
+                ));
+            } else if !dockerfile.contains(&format!("--uid {}", ids[0])) {
+                problems.push(format!(
+                    "USER {user}: no user is created with `--uid {}`",
+                    ids[0]
+                ));
+            }
+        }
+        None => problems.push("the runtime stage must run as a non-root USER".to_string()),
     }
     assert_no_problems(DOCKERFILE, &problems);
 }

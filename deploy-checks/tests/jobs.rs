@@ -74,6 +74,12 @@ const EXPECTED_JOBS: [ExpectedJob; 7] = [
 ];
 
 const BRIDGE_JOB: &str = "ingest-wave-bridge.nomad.hcl";
+/// The pollers: their readiness follows third-party upstreams.
+const POLLER_JOBS: [&str; 3] = [
+    "ingest-wave.nomad.hcl",
+    "ingest-wx.nomad.hcl",
+    "ingest-carbon.nomad.hcl",
+];
 const PARTITIONED_JOB: &str = "sink-clickhouse-partitioned.nomad.hcl";
 const REPLAY_JOB: &str = "sink-clickhouse-replay.nomad.hcl";
 
@@ -234,6 +240,32 @@ fn nomad_durations_parse() {
 }
 
 #[test]
+fn every_job_is_nomad_fmt_aligned() {
+    let mut problems = Vec::new();
+    for expected in &EXPECTED_JOBS {
+        problems.extend(prefixed(
+            expected.file,
+            alignment_problems(&read_file(&job_path(expected.file))),
+        ));
+    }
+    assert_no_problems(
+        "`=` alignment as `nomad fmt` writes it (fix it by hand or with `nomad fmt jobs/`)",
+        &problems,
+    );
+}
+
+#[test]
+fn alignment_check_follows_nomad_fmt() {
+    let aligned = "env {\n  A   = \"1\"\n  BCD = \"${x}\" # note\n  # a comment ends the group\n  LONGER_NAME = \"2\"\n  args = [\n    \"a\",\n  ]\n  data = <<-EOT\n  x = y\n  EOT\n  e    = 1\n}\n";
+    assert_eq!(alignment_problems(aligned), Vec::<String>::new());
+    let after_comment =
+        "env {\n  A = \"1\"\n  # glibc arenas\n  MALLOC_ARENA_MAX         = \"2\"\n}\n";
+    assert_mentions(&alignment_problems(after_comment), "line 4");
+    let ragged = "env {\n  A  = \"1\"\n  BC   = \"2\"\n}\n";
+    assert_mentions(&alignment_problems(ragged), "line 3");
+}
+
+#[test]
 fn ingest_wave_job_matches_the_binary() {
     assert_contract("ingest-wave.nomad.hcl");
 }
@@ -272,7 +304,7 @@ fn replay_job_matches_the_binary() {
 fn broken_copies_fail_the_checks() {
     let folder = tempfile::tempdir().expect("a temporary folder can be created");
     // Each case: the job to copy, the text to replace (every occurrence; it must occur), its replacement, and what a problem says.
-    let cases: [(&str, &str, &str, &str); 23] = [
+    let cases: [(&str, &str, &str, &str); 26] = [
         (
             "ingest-wave.nomad.hcl",
             r#"args    = ["run"]"#,
@@ -404,6 +436,24 @@ fn broken_copies_fail_the_checks() {
             "        BRIDGE_DRAIN_TIMEOUT = \"10s\"\n",
             "",
             "sets no BRIDGE_DRAIN_TIMEOUT",
+        ),
+        (
+            "ingest-wx.nomad.hcl",
+            "        on_update = \"ignore\"\n",
+            "",
+            "a poller's /readyz check follows third-party upstreams",
+        ),
+        (
+            BRIDGE_JOB,
+            "      replace    = false\n",
+            "      replace    = true\n",
+            "must set `replace = false`",
+        ),
+        (
+            BRIDGE_JOB,
+            "  node_pool   = var.node_pool\n",
+            "",
+            "node_pool = var.node_pool",
         ),
         (
             REPLAY_JOB,
@@ -765,6 +815,7 @@ fn is_identifier(part: &str) -> bool {
 /// special job the file is.
 fn invariant_problems(job: &JobFile) -> Vec<String> {
     let mut problems = common_problems(job);
+    problems.extend(check_on_update_problems(job));
     match job.file.as_str() {
         BRIDGE_JOB => problems.extend(bridge_problems(job)),
         PARTITIONED_JOB => problems.extend(partitioned_problems(job)),
@@ -889,6 +940,132 @@ fn common_problems(job: &JobFile) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Which checks judge a deployment: /healthz always does; a poller's /readyz does not (`on_update = "ignore"`),
+/// because it follows third-party upstreams, and an upstream outage must not fail (and auto-revert) every rollout.
+fn check_on_update_problems(job: &JobFile) -> Vec<String> {
+    let mut problems = Vec::new();
+    let is_poller = POLLER_JOBS.contains(&job.file.as_str());
+    for task in job.tasks() {
+        for service in task.services() {
+            for check in blocks(service.body(), "check") {
+                let path = attribute(check.body(), "path")
+                    .and_then(text)
+                    .unwrap_or_default();
+                let on_update = attribute(check.body(), "on_update").and_then(text);
+                match (path.as_str(), on_update.as_deref(), is_poller) {
+                    ("/healthz", None | Some("require_healthy"), _) => {}
+                    ("/healthz", Some(other), _) => problems.push(format!(
+                        "{}: the /healthz check has on_update = {other:?}: liveness must judge deployments",
+                        task.name()
+                    )),
+                    ("/readyz", Some("ignore"), true) => {}
+                    ("/readyz", other, true) => problems.push(format!(
+                        "{}: a poller's /readyz check follows third-party upstreams: set on_update = \"ignore\" (found {other:?}), or an upstream outage fails every rollout",
+                        task.name()
+                    )),
+                    _ => {}
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Checks, line by line, what `nomad fmt` (hclwrite) does to `=`: consecutive lines that each hold a whole
+/// single-line attribute form a group whose `=` line up one space after the longest name.
+///
+/// As in hclwrite, a blank line, a comment line, a block line or a multi-line value (`args = [`) ends a group, a
+/// heredoc (`data = <<-EOT`) counts as one line of its group, and a trailing comment does not matter.
+fn alignment_problems(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    // (line number, name width, column of `=`) of the current group.
+    let mut group: Vec<(usize, usize, usize)> = Vec::new();
+    let mut heredoc_end: Option<String> = None;
+    let close_group = |group: &mut Vec<(usize, usize, usize)>, problems: &mut Vec<String>| {
+        let widest = group.iter().map(|(_, width, _)| *width).max().unwrap_or(0);
+        for (line_number, _, column) in group.iter() {
+            if *column != widest + 1 {
+                problems.push(format!(
+                    "line {line_number}: `=` at column {}, expected {} (aligned with its group, one space after the longest name)",
+                    column + 1,
+                    widest + 2
+                ));
+            }
+        }
+        group.clear();
+    };
+    for (line_idx, line) in text.lines().enumerate() {
+        if let Some(marker) = &heredoc_end {
+            if line.trim() == marker {
+                heredoc_end = None;
+            }
+            continue;
+        }
+        match single_line_attribute(line) {
+            Some((width, column, heredoc)) => {
+                group.push((line_idx + 1, width, column));
+                heredoc_end = heredoc;
+            }
+            None => close_group(&mut group, &mut problems),
+        }
+    }
+    close_group(&mut group, &mut problems);
+    problems
+}
+
+/// For a line `NAME = VALUE` whose value is whole on the line (or a heredoc): the width of the indented name, the
+/// column of `=`, and the heredoc's end marker.
+fn single_line_attribute(line: &str) -> Option<(usize, usize, Option<String>)> {
+    let trimmed = line.trim_start();
+    if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with("//") {
+        return None;
+    }
+    let column = line.find('=')?;
+    let name = line[..column].trim_end();
+    if name.trim().is_empty()
+        || !name.trim().chars().all(|character| {
+            character.is_ascii_alphanumeric() || character == '_' || character == '-'
+        })
+    {
+        return None;
+    }
+    let value = line[column + 1..].trim();
+    if value.starts_with('=') {
+        return None;
+    }
+    if let Some(marker) = value.strip_prefix("<<") {
+        let marker = marker.trim_start_matches('-').trim().to_string();
+        return Some((name.len(), column, Some(marker)));
+    }
+    (bracket_balance(value) == 0).then_some((name.len(), column, None))
+}
+
+/// Opening minus closing brackets outside strings and comments.
+fn bracket_balance(value: &str) -> i64 {
+    let mut balance = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    for character in value.chars() {
+        if in_string {
+            match (escaped, character) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match character {
+            '"' => in_string = true,
+            '#' => break,
+            '[' | '{' | '(' => balance += 1,
+            ']' | '}' | ')' => balance -= 1,
+            _ => {}
+        }
+    }
+    balance
 }
 
 fn service_update_problems(job: &JobFile) -> Vec<String> {
@@ -1234,6 +1411,46 @@ fn bridge_problems(job: &JobFile) -> Vec<String> {
         if !constrained {
             problems.push(format!(
                 "the bridge needs `constraint {{ attribute = \"{attribute_name}\" value = \"{value}\" }}`; found {constraints:?}"
+            ));
+        }
+    }
+    if attribute(job.raw.body(), "node_pool")
+        .map(written)
+        .as_deref()
+        != Some("var.node_pool")
+    {
+        problems.push("the bridge needs `node_pool = var.node_pool` (the Pis' pool)".to_string());
+    }
+    for group in job.groups() {
+        // The Pis are connected intermittently: a missed heartbeat must not stop or replace the bridge.
+        let Some(disconnect) = block(group.body(), "disconnect") else {
+            problems.push(format!(
+                "group `{}`: the Pis are connected intermittently, so the bridge needs `disconnect {{ lost_after = ... replace = false reconcile = \"keep_original\" }}`",
+                first_label(group)
+            ));
+            continue;
+        };
+        let setting = |key: &str| attribute(disconnect.body(), key);
+        if setting("lost_after")
+            .and_then(text)
+            .and_then(|after| nomad_duration(&after))
+            .is_none()
+        {
+            problems.push(format!(
+                "group `{}`: `disconnect` sets no `lost_after` duration",
+                first_label(group)
+            ));
+        }
+        if setting("replace").and_then(boolean) != Some(false) {
+            problems.push(format!(
+                "group `{}`: `disconnect` must set `replace = false`",
+                first_label(group)
+            ));
+        }
+        if setting("reconcile").and_then(text).as_deref() != Some("keep_original") {
+            problems.push(format!(
+                "group `{}`: `disconnect` must set `reconcile = \"keep_original\"`",
+                first_label(group)
             ));
         }
     }
