@@ -299,8 +299,11 @@ impl Database {
             self.table_target(O::TABLE),
             self.client
                 .query(
-                    "SELECT stream_incarnation, count(), max(stream_seq), \
-                     toUInt32(max(ingested_at)) FROM ? GROUP BY stream_incarnation",
+                    // Aliased to the field names: from 24.10 the client checks them.
+                    "SELECT stream_incarnation AS incarnation, count() AS `rows`, \
+                     max(stream_seq) AS last_sequence, \
+                     toUInt32(max(ingested_at)) AS newest_ingest \
+                     FROM ? GROUP BY stream_incarnation",
                 )
                 .bind(Identifier(O::TABLE))
                 .fetch_all::<IncarnationRows>(),
