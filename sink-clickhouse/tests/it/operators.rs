@@ -119,6 +119,14 @@ fn spawn_logged(pipeline: &Pipeline, label: &str, extra: &[&str]) -> LoggedSink 
     LoggedSink { sink, log }
 }
 
+/// Runs `sink-clickhouse replay --stream WAVE --progress log` with `extra`; returns (exit code,
+/// stdout, stderr).
+fn replay_wave(pipeline: &Pipeline, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["replay", "--stream", "WAVE", "--progress", "log"];
+    args.extend_from_slice(extra);
+    pipeline.run_binary("sink-clickhouse", &args)
+}
+
 /// Runs `work` against the pipeline's JetStream on a runtime of its own.
 fn with_jetstream<T, F, Fut>(pipeline: &Pipeline, work: F) -> T
 where
@@ -433,18 +441,7 @@ fn replay_into_live_tables_while_the_live_sink_lags_writes_nothing_twice() {
 
     // Asked for the whole stream, the replay refuses and says why and what to do.
     let last = stream_last.to_string();
-    let (code, stdout, stderr) = pipeline.run_binary(
-        "sink-clickhouse",
-        &[
-            "replay",
-            "--stream",
-            "WAVE",
-            "--progress",
-            "log",
-            "--to-seq",
-            &last,
-        ],
-    );
+    let (code, stdout, stderr) = replay_wave(&pipeline, &["--to-seq", &last]);
     assert_eq!(
         code, 64,
         "refused as a configuration error: {stdout}\n{stderr}"
@@ -468,10 +465,7 @@ fn replay_into_live_tables_while_the_live_sink_lags_writes_nothing_twice() {
     );
 
     // Without an end it stops where the live consumer has settled, finding all of it written.
-    let (code, stdout, stderr) = pipeline.run_binary(
-        "sink-clickhouse",
-        &["replay", "--stream", "WAVE", "--progress", "log"],
-    );
+    let (code, stdout, stderr) = replay_wave(&pipeline, &[]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let report = report_of(&stdout);
     eprintln!("clamped replay: {stdout}");
@@ -760,18 +754,7 @@ fn table_created_without_incarnation_is_upgraded_by_migrate() {
     // What an earlier version wrote for these events: a staging copy made by a replay, moved
     // into a table with the earlier layout (no stream_incarnation).
     let staging = format!("{database}_staging");
-    let (code, stdout, stderr) = pipeline.run_binary(
-        "sink-clickhouse",
-        &[
-            "replay",
-            "--stream",
-            "WAVE",
-            "--progress",
-            "log",
-            "--database",
-            &staging,
-        ],
-    );
+    let (code, stdout, stderr) = replay_wave(&pipeline, &["--database", &staging]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     pipeline.query(&format!("CREATE DATABASE IF NOT EXISTS {database}"));
     pipeline.query(&format!(
