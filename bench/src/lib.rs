@@ -1,7 +1,8 @@
 //! `bench`: measures `sink-clickhouse` and `ingest-wave bridge` against the machine's own
 //! limits, in one run, on the same machine and the same events.
 //!
-//! Phases (each on servers from `test-support`, on free loopback ports):
+//! Phases (each on servers from `test-support`, on free loopback ports, or on the servers
+//! `NATS_URL`, `CLICKHOUSE_URL` and `MQTT_URL` name: see [`servers`]):
 //! 1. raw JetStream consume of a pre-filled `WAVE` stream by a pull consumer;
 //! 2. raw ClickHouse insert of the same events as the sink's own rows;
 //! 3. the sink (release binary, defaults) draining the same stream;
@@ -11,13 +12,15 @@
 //!
 //! Layout: [`stream`] (JetStream fill and raw consume), [`warehouse`] (ClickHouse raw insert
 //! and polling), [`sink`] (sink drain and latency), [`mqtt`] (broker and bridge), [`procs`]
-//! (child processes, `/proc` memory and CPU), [`machine`], [`report`].
+//! (child processes, `/proc` memory and CPU), [`servers`] (local or external servers),
+//! [`machine`], [`report`].
 //! Not part of the test command: run it with `cargo run --release -p bench`.
 
 pub mod machine;
 pub mod mqtt;
 pub mod procs;
 pub mod report;
+pub mod servers;
 pub mod sink;
 pub mod stream;
 pub mod warehouse;
@@ -33,6 +36,7 @@ use test_support::{ClickHouseServer, MosquittoServer, NatsServer};
 
 use crate::procs::{Program, Watched};
 use crate::report::Results;
+use crate::servers::{Addresses, Broker, ExternalNats, Server, DATABASE};
 use crate::stream::AckMode;
 
 /// Command line of `bench`.
@@ -111,7 +115,8 @@ pub struct Cli {
     #[arg(long)]
     pub raw_filter: Option<String>,
     /// Diagnosis only: mosquitto's max_inflight_messages (deploy/mosquitto/mosquitto.conf has
-    /// 256, as the measured configuration).
+    /// 256, as the measured configuration); the local broker only (an external broker of
+    /// MQTT_URL keeps its own).
     #[arg(long, default_value_t = 256)]
     pub mosquitto_inflight: u32,
 }
@@ -230,6 +235,7 @@ struct Binaries {
 /// Bad flags, missing binaries or servers, or a phase that could not run.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let plan = Plan::from_cli(&cli)?;
+    let addresses = Addresses::from_env()?;
     if !cli.no_build {
         procs::build_release_binaries().await?;
     }
@@ -252,15 +258,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .join("bench")
         .join(started_at.format("%Y%m%dT%H%M%SZ").to_string());
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    tracing::info!(?plan, load = %machine.load_before, logs = %logs.display(), "benchmark starting");
+    tracing::info!(?plan, servers = %addresses.summary(), load = %machine.load_before, logs = %logs.display(), "benchmark starting");
+    let external_nats = addresses.nats.clone().map(ExternalNats::new);
+    let sides = Sides {
+        plan: &plan,
+        binaries: &binaries,
+        logs: &logs,
+        addresses: &addresses,
+        external_nats: external_nats.as_ref(),
+    };
 
     let mut results = Results::default();
     let work = async {
         if plan.runs(Phase::Raw) || plan.runs(Phase::Sink) {
-            sink_side(&plan, &binaries, &logs, &mut results, &mut machine).await?;
+            let outcome = sink_side(&sides, &mut results, &mut machine).await;
+            release_external(&sides).await;
+            outcome?;
         }
         if plan.runs(Phase::Bridge) {
-            if let Err(error) = bridge_side(&plan, &binaries, &logs, &mut results).await {
+            let outcome = bridge_side(&sides, &mut results, &mut machine).await;
+            release_external(&sides).await;
+            if let Err(error) = outcome {
                 tracing::error!(error = %format!("{error:#}"), "bridge phase failed");
                 results
                     .failures
@@ -269,19 +287,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     };
-    tokio::select! {
-        result = work => result?,
-        () = interrupted() => bail!("interrupted; servers and children stopped"),
-    }
+    let outcome = tokio::select! {
+        result = work => result,
+        () = interrupted() => Err(anyhow::anyhow!("interrupted; servers and children stopped")),
+    };
+    // Again after a failure or an interruption, which skip the sides' own clean-up.
+    release_external(&sides).await;
+    outcome?;
     machine.load_after = machine::load_average();
-    machine.versions.push((
-        "nats-server".to_owned(),
-        machine::program_version("nats-server", &["--version"]).await,
-    ));
-    machine.versions.push((
-        "mosquitto".to_owned(),
-        machine::program_version("mosquitto", &["-h"]).await,
-    ));
     machine.versions.push((
         "rustc".to_owned(),
         machine::program_version("rustc", &["--version"]).await,
@@ -395,41 +408,98 @@ async fn start_server<S: Send + 'static>(
     })
 }
 
-fn data_dir_pids(path: &std::path::Path) -> Vec<u32> {
-    procs::pids_with_argument(&path.display().to_string())
+/// What both sides of a run share.
+struct Sides<'a> {
+    plan: &'a Plan,
+    binaries: &'a Binaries,
+    logs: &'a std::path::Path,
+    addresses: &'a Addresses,
+    external_nats: Option<&'a ExternalNats>,
+}
+
+/// Deletes what the run made on external servers: the streams on the NATS of `NATS_URL`
+/// (only once claimed) and the database on the ClickHouse of `CLICKHOUSE_URL`.
+async fn release_external(sides: &Sides<'_>) {
+    if let Some(nats) = sides.external_nats {
+        nats.release().await;
+    }
+    if let Some(url) = &sides.addresses.clickhouse {
+        if let Err(error) = warehouse::drop_database(url, DATABASE).await {
+            tracing::warn!(url = %url, database = DATABASE, error = %format!("{error:#}"), "cannot drop the benchmark's database; drop it by hand");
+        }
+    }
+}
+
+/// NATS for one side of the run: the one of `NATS_URL`, else a new local one named `name`.
+async fn nats_server(
+    name: &'static str,
+    addresses: &Addresses,
+) -> anyhow::Result<Server<NatsServer>> {
+    if let Some(url) = &addresses.nats {
+        return Ok(Server::external("nats-server", url.clone()));
+    }
+    let server = start_server("nats-server", move || NatsServer::start(name)).await?;
+    let (url, data_dir) = (server.url(), server.data_dir().to_path_buf());
+    Ok(Server::local("nats-server", url, server, data_dir))
+}
+
+/// Connects to `nats`, claims it when external (refusing one that has NomadWave's streams)
+/// and declares the streams; records its version.
+async fn connect_nats(
+    nats: &Server<NatsServer>,
+    external: Option<&ExternalNats>,
+    machine: &mut machine::Machine,
+) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
+    let client = servers::connect_nats(nats.url()).await?;
+    let version = client.server_info().version;
+    machine.add_server(nats.describe(&format!("nats-server {version}")));
+    let jetstream = stream::context(client.clone());
+    if nats.is_external() {
+        tracing::info!(url = %nats.url(), version = %version, "using the external NATS server of NATS_URL");
+        if let Some(external) = external {
+            external.claim(&jetstream).await?;
+        }
+    }
+    ensure_event_streams(&jetstream, &StreamPolicy::default())
+        .await
+        .context("declaring the streams")?;
+    Ok((client, jetstream))
 }
 
 /// Raw consume, raw insert, the sink's drains and the latency phase, on one NATS and one
 /// ClickHouse.
 async fn sink_side(
-    plan: &Plan,
-    binaries: &Binaries,
-    logs: &std::path::Path,
+    sides: &Sides<'_>,
     results: &mut Results,
     machine: &mut machine::Machine,
 ) -> anyhow::Result<()> {
-    let nats = start_server("nats-server", || NatsServer::start("bench-nats")).await?;
-    let clickhouse = start_server("clickhouse-server", || {
-        ClickHouseServer::start("bench-clickhouse")
-    })
-    .await?;
-    let ch_url = clickhouse.http_url();
-    machine.versions.push((
-        "clickhouse-server".to_owned(),
-        warehouse::version(&ch_url).await,
-    ));
-    let nats_watch = Watched::new("nats-server", data_dir_pids(nats.data_dir()));
-    let ch_watch = Watched::new("clickhouse", data_dir_pids(clickhouse.data_dir()));
+    let (plan, binaries, logs) = (sides.plan, sides.binaries, sides.logs);
+    let nats = nats_server("bench-nats", sides.addresses).await?;
+    let clickhouse: Server<ClickHouseServer> = match &sides.addresses.clickhouse {
+        Some(url) => Server::external("clickhouse", url.clone()),
+        None => {
+            let server = start_server("clickhouse-server", || {
+                ClickHouseServer::start("bench-clickhouse")
+            })
+            .await?;
+            let (url, data_dir) = (server.http_url(), server.data_dir().to_path_buf());
+            Server::local("clickhouse", url, server, data_dir)
+        }
+    };
+    let ch_url = clickhouse.url().to_owned();
+    let ch_version = warehouse::version(&ch_url).await;
+    machine.add_server(clickhouse.describe(&format!("ClickHouse {ch_version}")));
+    if clickhouse.is_external() {
+        tracing::info!(url = %ch_url, version = %ch_version, database = DATABASE, "using the external ClickHouse server of CLICKHOUSE_URL");
+    }
+    // On an external server only our database's merges count; locally every merge does.
+    let merges_of = clickhouse.is_external().then_some(DATABASE);
+    let nats_watch = nats.watched();
+    let ch_watch = clickhouse.watched();
     let bench_watch = Watched::new("bench", vec![std::process::id()]);
     tracing::info!(nats = %nats.url(), clickhouse = %ch_url, nats_pids = ?nats_watch.pids, clickhouse_pids = ?ch_watch.pids, "servers ready");
 
-    let client = async_nats::connect(nats.url())
-        .await
-        .context("connecting to NATS")?;
-    let jetstream = stream::context(client.clone());
-    ensure_event_streams(&jetstream, &StreamPolicy::default())
-        .await
-        .context("declaring the streams")?;
+    let (client, jetstream) = connect_nats(&nats, sides.external_nats, machine).await?;
 
     tracing::info!(events = plan.events, "filling WAVE");
     let filled = stream::fill(&jetstream, 0, plan.events, plan.runs(Phase::Raw)).await?;
@@ -472,7 +542,8 @@ async fn sink_side(
             results.raw_consume.push((mode, consumed, cpu));
         }
 
-        let database = "bench_raw";
+        let database = DATABASE;
+        warehouse::drop_database(&ch_url, database).await?;
         warehouse::migrate(&ch_url, database).await?;
         // The sink's own per-event CPU work, alone on one thread: JSON decode and row build.
         let decoding = Instant::now();
@@ -485,7 +556,7 @@ async fn sink_side(
         );
         results.decode = Some((rows.len() as u64, decode_seconds));
         drop(filled);
-        warehouse::wait_for_merges(&ch_url, Duration::from_secs(60)).await;
+        warehouse::wait_for_merges(&ch_url, merges_of, Duration::from_secs(60)).await;
         let meter = procs::CpuMeter::start(&[ch_watch.clone(), bench_watch.clone()]);
         let inserted = warehouse::raw_insert(&ch_url, database, &rows, plan.insert_batch).await?;
         let cpu = meter.finish();
@@ -505,12 +576,13 @@ async fn sink_side(
     if !plan.runs(Phase::Sink) {
         return Ok(());
     }
-    warehouse::wait_for_merges(&ch_url, Duration::from_secs(60)).await;
-    let database = "bench_sink";
+    let database = DATABASE;
+    warehouse::drop_database(&ch_url, database).await?;
+    warehouse::wait_for_merges(&ch_url, merges_of, Duration::from_secs(60)).await;
     let started = Instant::now();
     let mut sink = sink::start(&sink::SinkTarget {
         binary: &binaries.sink,
-        nats_url: nats.url(),
+        nats_url: nats.url().to_owned(),
         clickhouse_url: ch_url.clone(),
         database,
         consumer: "sink-clickhouse",
@@ -577,12 +649,11 @@ async fn sink_side(
         );
         stream::fill(&jetstream, plan.events + latency_events, more, false).await?;
         let total = stream::stream_messages(&jetstream).await?;
-        warehouse::wait_for_merges(&ch_url, Duration::from_secs(60)).await;
-        let database = "bench_sink_large";
+        warehouse::wait_for_merges(&ch_url, merges_of, Duration::from_secs(60)).await;
         let started = Instant::now();
         let mut sink = sink::start(&sink::SinkTarget {
             binary: &binaries.sink,
-            nats_url: nats.url(),
+            nats_url: nats.url().to_owned(),
             clickhouse_url: ch_url.clone(),
             database,
             consumer: "bench-large",
@@ -615,6 +686,7 @@ async fn sink_side(
             "--rss-events is not above the events already in the stream; no second memory point"
         );
     }
+    warehouse::drop_database(&ch_url, DATABASE).await?;
     client.flush().await.context("flushing NATS")?;
     // Clients first, so they do not try to reconnect to stopped servers.
     drop(jetstream);
@@ -639,41 +711,58 @@ const BRIDGE_IN_FLIGHT: usize = 256;
 
 /// Mosquitto's delivery rate to a plain subscriber against the bridge's, same messages.
 async fn bridge_side(
-    plan: &Plan,
-    binaries: &Binaries,
-    logs: &std::path::Path,
+    sides: &Sides<'_>,
     results: &mut Results,
+    machine: &mut machine::Machine,
 ) -> anyhow::Result<()> {
-    let nats = start_server("nats-server", || NatsServer::start("bench-bridge-nats")).await?;
-    let extra_config = format!("max_inflight_messages {}", plan.mosquitto_inflight);
-    let mosquitto = start_server("mosquitto", move || {
-        MosquittoServer::start_with_config("bench-mosquitto", &extra_config)
-    })
-    .await?;
-    let port = mosquitto.port();
-    let nats_watch = Watched::new("nats-server", data_dir_pids(nats.data_dir()));
-    let mosquitto_watch = Watched::new("mosquitto", data_dir_pids(mosquitto.data_dir()));
+    let (plan, binaries, logs) = (sides.plan, sides.binaries, sides.logs);
+    let nats = nats_server("bench-bridge-nats", sides.addresses).await?;
+    let (mosquitto, broker): (Server<MosquittoServer>, Broker) = match &sides.addresses.mqtt {
+        Some(broker) => {
+            tracing::info!(url = %broker.url(), "using the external MQTT broker of MQTT_URL; its own max_inflight_messages applies, not --mosquitto-inflight");
+            machine.add_server(format!(
+                "mosquitto: external ({}, version not read; the broker's own max_inflight_messages applies, not --mosquitto-inflight {})",
+                broker.url(),
+                plan.mosquitto_inflight
+            ));
+            (Server::external("mosquitto", broker.url()), broker.clone())
+        }
+        None => {
+            let extra_config = format!("max_inflight_messages {}", plan.mosquitto_inflight);
+            let server = start_server("mosquitto", move || {
+                MosquittoServer::start_with_config("bench-mosquitto", &extra_config)
+            })
+            .await?;
+            let broker = Broker::loopback(server.port());
+            let data_dir = server.data_dir().to_path_buf();
+            let version = machine::program_version("mosquitto", &["-h"]).await;
+            machine.add_server(format!(
+                "mosquitto: local ({version}, max_inflight_messages {})",
+                plan.mosquitto_inflight
+            ));
+            (
+                Server::local("mosquitto", broker.url(), server, data_dir),
+                broker,
+            )
+        }
+    };
+    let nats_watch = nats.watched();
+    let mosquitto_watch = mosquitto.watched();
     let bench_watch = Watched::new("bench", vec![std::process::id()]);
-    let client = async_nats::connect(nats.url())
-        .await
-        .context("connecting to NATS")?;
-    let jetstream = stream::context(client.clone());
-    ensure_event_streams(&jetstream, &StreamPolicy::default())
-        .await
-        .context("declaring the streams")?;
+    let (client, jetstream) = connect_nats(&nats, sides.external_nats, machine).await?;
 
-    mqtt::create_session(port, mqtt::PLAIN_CLIENT, &[mqtt::WAVE_TOPICS]).await?;
-    mqtt::create_session(port, mqtt::BRIDGE_CLIENT, &mqtt::BRIDGE_TOPICS).await?;
+    mqtt::create_session(&broker, mqtt::PLAIN_CLIENT, &[mqtt::WAVE_TOPICS]).await?;
+    mqtt::create_session(&broker, mqtt::BRIDGE_CLIENT, &mqtt::BRIDGE_TOPICS).await?;
     tracing::info!(
         messages = plan.bridge_messages,
         "queueing MQTT messages in both sessions"
     );
-    let queued = mqtt::queue(&binaries.edge_sim, port, plan.bridge_messages).await?;
+    let queued = mqtt::queue(&binaries.edge_sim, &broker, plan.bridge_messages).await?;
     results.mqtt_queue = Some(queued);
     let limit = Duration::from_secs(120 + plan.bridge_messages / 500);
 
     let plain = mqtt::plain_subscriber(
-        port,
+        &broker,
         plan.bridge_messages,
         &[mosquitto_watch.clone(), bench_watch.clone()],
         limit,
@@ -704,8 +793,8 @@ async fn bridge_side(
     let base = stream::stream_messages(&jetstream).await?;
     let http_port = test_support::free_port();
     let mut env = vec![
-        ("NATS_URL", nats.url()),
-        ("MQTT_URL", format!("mqtt://127.0.0.1:{port}")),
+        ("NATS_URL", nats.url().to_owned()),
+        ("MQTT_URL", broker.url()),
         ("MQTT_CLIENT_ID", mqtt::BRIDGE_CLIENT.to_owned()),
         ("HTTP_LISTEN", format!("127.0.0.1:{http_port}")),
         ("RUST_LOG", "info".to_owned()),
@@ -748,6 +837,14 @@ async fn bridge_side(
     );
     results.bridge = Some(delivered);
     stop(&mut bridge).await;
+    if mosquitto.is_external() {
+        // Leave no persistent sessions queueing messages on someone else's broker.
+        for client_id in [mqtt::PLAIN_CLIENT, mqtt::BRIDGE_CLIENT] {
+            if let Err(error) = mqtt::clear_session(&broker, client_id).await {
+                tracing::warn!(client_id, error = %format!("{error:#}"), "cannot clear the benchmark's MQTT session");
+            }
+        }
+    }
     drop(jetstream);
     drop(client);
     drop(mosquitto);

@@ -19,7 +19,9 @@ pub struct Machine {
     pub load_before: String,
     /// The same at the end.
     pub load_after: String,
-    /// Server and tool versions.
+    /// Each server the run used: `name: local (version)` or `name: external (URL, version)`.
+    pub servers: Vec<String>,
+    /// Tool versions.
     pub versions: Vec<(String, String)>,
 }
 
@@ -60,6 +62,7 @@ impl Machine {
                 .unwrap_or_default(),
             load_before: load_average(),
             load_after: String::new(),
+            servers: Vec::new(),
             versions: Vec::new(),
         }
     }
@@ -81,6 +84,9 @@ impl Machine {
             "- load average (1/5/15 min): {} at the start, {} at the end",
             self.load_before, self.load_after
         );
+        if !self.servers.is_empty() {
+            let _ = writeln!(text, "- servers: {}", self.servers.join("; "));
+        }
         if !self.versions.is_empty() {
             let versions: Vec<String> = self
                 .versions
@@ -100,6 +106,15 @@ impl Machine {
             let _ = writeln!(text, "- versions: {}", versions.join(", "));
         }
         text
+    }
+}
+
+impl Machine {
+    /// Adds a server's line once (both sides of a run may use the same external server).
+    pub fn add_server(&mut self, line: String) {
+        if !self.servers.contains(&line) {
+            self.servers.push(line);
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::procs::{CpuMeter, CpuUsage, Program, Watched};
+use crate::servers::Broker;
 
 /// The Pi buoys' topic filter.
 pub const WAVE_TOPICS: &str = "nomadwave/buoy/+/wave";
@@ -23,21 +24,54 @@ pub const PLAIN_CLIENT: &str = "bench-plain-subscriber";
 /// Client id the bridge runs with.
 pub const BRIDGE_CLIENT: &str = "bench-bridge";
 
-fn options(port: u16, client_id: &str) -> MqttOptions {
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+fn options(broker: &Broker, client_id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     options.set_clean_session(false);
     options.set_keep_alive(Duration::from_secs(30));
     options
 }
 
-/// Creates the persistent session `client_id` with QoS 1 subscriptions to `topics`, then
-/// disconnects, leaving the session (and whatever it will queue) with the broker.
+/// Discards the broker's session `client_id` (its subscriptions and queued messages): a
+/// connection with a clean session, then a disconnect. An external broker may still hold one
+/// from an earlier, interrupted run.
 ///
 /// # Errors
 ///
 /// When the broker refuses or does not answer within 10 s.
-pub async fn create_session(port: u16, client_id: &str, topics: &[&str]) -> anyhow::Result<()> {
-    let (client, mut eventloop) = AsyncClient::new(options(port, client_id), 16);
+pub async fn clear_session(broker: &Broker, client_id: &str) -> anyhow::Result<()> {
+    let mut options = options(broker, client_id);
+    options.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let work = async {
+        loop {
+            match eventloop.poll().await.context("MQTT connection")? {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    client.try_disconnect().context("queueing the disconnect")?;
+                }
+                Event::Outgoing(rumqttc::Outgoing::Disconnect) => return anyhow::Ok(()),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .with_context(|| format!("clearing the MQTT session {client_id} on {}", broker.url()))?
+}
+
+/// Creates the persistent session `client_id` (discarding any earlier one) with QoS 1
+/// subscriptions to `topics`, then disconnects, leaving the session (and whatever it will
+/// queue) with the broker.
+///
+/// # Errors
+///
+/// When the broker refuses or does not answer within 10 s.
+pub async fn create_session(
+    broker: &Broker,
+    client_id: &str,
+    topics: &[&str],
+) -> anyhow::Result<()> {
+    clear_session(broker, client_id).await?;
+    let (client, mut eventloop) = AsyncClient::new(options(broker, client_id), 16);
     let work = async {
         let mut acked = 0;
         loop {
@@ -62,7 +96,7 @@ pub async fn create_session(port: u16, client_id: &str, topics: &[&str]) -> anyh
     };
     tokio::time::timeout(Duration::from_secs(10), work)
         .await
-        .with_context(|| format!("creating the MQTT session {client_id}"))?
+        .with_context(|| format!("creating the MQTT session {client_id} on {}", broker.url()))?
 }
 
 /// What `edge-sim mqtt` reported.
@@ -80,7 +114,7 @@ pub struct Queued {
 /// # Errors
 ///
 /// When edge-sim fails or reports fewer acknowledgements.
-pub async fn queue(edge_sim: &Path, port: u16, messages: u64) -> anyhow::Result<Queued> {
+pub async fn queue(edge_sim: &Path, broker: &Broker, messages: u64) -> anyhow::Result<Queued> {
     let output = tokio::process::Command::new(edge_sim)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -96,7 +130,7 @@ pub async fn queue(edge_sim: &Path, port: u16, messages: u64) -> anyhow::Result<
             "--messages",
             &messages.to_string(),
             "--mqtt-url",
-            &format!("mqtt://127.0.0.1:{port}"),
+            &broker.url(),
         ])
         .kill_on_drop(true)
         .output()
@@ -161,14 +195,14 @@ impl Delivered {
 ///
 /// When the connection fails or the messages do not all arrive within `limit`.
 pub async fn plain_subscriber(
-    port: u16,
+    broker: &Broker,
     messages: u64,
     watched: &[Watched],
     limit: Duration,
 ) -> anyhow::Result<Delivered> {
     let meter = CpuMeter::start(watched);
     let started = Instant::now();
-    let (client, mut eventloop) = AsyncClient::new(options(port, PLAIN_CLIENT), 16);
+    let (client, mut eventloop) = AsyncClient::new(options(broker, PLAIN_CLIENT), 16);
     let mut received = 0_u64;
     let mut first: Option<Instant> = None;
     let receive = async {

@@ -254,6 +254,9 @@ pub fn pids_with_argument(fragment: &str) -> Vec<u32> {
         .collect()
 }
 
+/// What the CPU column of a server on another host says.
+pub const NOT_MEASURED: &str = "not measured (external server)";
+
 /// A named set of processes whose CPU use is measured over a phase.
 #[derive(Debug, Clone)]
 pub struct Watched {
@@ -261,6 +264,8 @@ pub struct Watched {
     pub label: String,
     /// Its processes.
     pub pids: Vec<u32>,
+    /// False for an external server: its processes are not on this machine's `/proc`.
+    pub measured: bool,
 }
 
 impl Watched {
@@ -269,6 +274,16 @@ impl Watched {
         Watched {
             label: label.to_owned(),
             pids,
+            measured: true,
+        }
+    }
+
+    /// A server on its own host, shown as [`NOT_MEASURED`].
+    pub fn external(label: &str) -> Watched {
+        Watched {
+            label: label.to_owned(),
+            pids: Vec::new(),
+            measured: false,
         }
     }
 
@@ -290,8 +305,9 @@ pub struct CpuMeter {
 /// CPU use over a phase, in percent of one core (a 2-core machine tops out at 200).
 #[derive(Debug, Clone, Default)]
 pub struct CpuUsage {
-    /// Per watched label: user + system, and system alone.
-    pub processes: Vec<(String, f64, f64)>,
+    /// Per watched label: user + system, and system alone; `None` when not measured (an
+    /// external server).
+    pub processes: Vec<(String, Option<(f64, f64)>)>,
     /// The whole machine, all processes.
     pub machine: f64,
     /// The whole machine's capacity (100 × cores).
@@ -301,7 +317,11 @@ pub struct CpuUsage {
 impl CpuUsage {
     /// Busy time not spent in any watched process: other users' load, the kernel, tools.
     pub fn others(&self) -> f64 {
-        let ours: f64 = self.processes.iter().map(|(_, percent, _)| percent).sum();
+        let ours: f64 = self
+            .processes
+            .iter()
+            .filter_map(|(_, measured)| measured.map(|(percent, _)| percent))
+            .sum();
         (self.machine - ours).max(0.0)
     }
 
@@ -310,7 +330,10 @@ impl CpuUsage {
         let mut parts: Vec<String> = self
             .processes
             .iter()
-            .map(|(label, percent, system)| format!("{label} {percent:.0}% (sys {system:.0})"))
+            .map(|(label, measured)| match measured {
+                Some((percent, system)) => format!("{label} {percent:.0}% (sys {system:.0})"),
+                None => format!("{label} {NOT_MEASURED}"),
+            })
             .collect();
         parts.push(format!("other {:.0}%", self.others()));
         parts.push(format!("machine {:.0}/{:.0}%", self.machine, self.capacity));
@@ -339,13 +362,15 @@ impl CpuMeter {
             .watched
             .iter()
             .map(|(watched, (user_before, system_before))| {
+                if !watched.measured {
+                    return (watched.label.clone(), None);
+                }
                 let (user, system) = watched.ticks();
                 let user = user.saturating_sub(*user_before) as f64 / per_second;
                 let system = system.saturating_sub(*system_before) as f64 / per_second;
                 (
                     watched.label.clone(),
-                    100.0 * (user + system) / seconds,
-                    100.0 * system / seconds,
+                    Some((100.0 * (user + system) / seconds, 100.0 * system / seconds)),
                 )
             })
             .collect();
@@ -416,5 +441,31 @@ impl RssSampler {
             peaks[slot] = peaks[slot].max(rss);
         }
         peaks.into_iter().map(|kib| kib as f64 / 1024.0).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_external_server_is_not_measured_rather_than_idle() {
+        let usage = CpuUsage {
+            processes: vec![
+                ("nats-server".to_owned(), None),
+                ("bench".to_owned(), Some((50.0, 5.0))),
+            ],
+            machine: 80.0,
+            capacity: 200.0,
+        };
+        assert_eq!(
+            usage.summary(),
+            "nats-server not measured (external server) · bench 50% (sys 5) · other 30% · machine 80/200%"
+        );
+        let meter = CpuMeter::start(&[Watched::external("clickhouse")]);
+        assert_eq!(
+            meter.finish().processes,
+            vec![("clickhouse".to_owned(), None)]
+        );
     }
 }

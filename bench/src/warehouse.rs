@@ -150,16 +150,19 @@ pub async fn sequences_after(client: &Client, after: u64) -> anyhow::Result<Vec<
         .context("polling for new rows")
 }
 
-/// Waits (up to `limit`) until no merge runs, so one phase's merges do not slow the next.
-pub async fn wait_for_merges(url: &str, limit: Duration) {
+/// Waits (up to `limit`) until no merge runs, so one phase's merges do not slow the next;
+/// only the merges of `database` when given (an external server merges its own tables too).
+pub async fn wait_for_merges(url: &str, database: Option<&str>, limit: Duration) {
     let client = client(url, "default");
     let deadline = Instant::now() + limit;
     loop {
-        let running = client
-            .query("SELECT count() FROM system.merges")
-            .fetch_one::<u64>()
-            .await
-            .unwrap_or(0);
+        let query = match database {
+            Some(database) => client
+                .query("SELECT count() FROM system.merges WHERE database = ?")
+                .bind(database),
+            None => client.query("SELECT count() FROM system.merges"),
+        };
+        let running = query.fetch_one::<u64>().await.unwrap_or(0);
         if running == 0 || Instant::now() >= deadline {
             if running > 0 {
                 tracing::warn!(running, "merges still running; continuing anyway");
