@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-use edge_sim::synthetic::Synthesizer;
-use schema::{Event, Kind, WaveObservation};
+use schema::Kind;
 
 use crate::Pipeline;
 
@@ -48,13 +46,7 @@ fn n_events_become_exactly_n_rows_with_values_intact() {
     }
 
     // Values intact: row 777 of the wave run equals what edge-sim generated for index 777.
-    let synthesizer = Synthesizer {
-        kind: Kind::Wave,
-        sites: 16,
-        seed: 1,
-    };
-    let expected =
-        Event::<WaveObservation>::decode(&synthesizer.event(777, Utc::now()).payload).unwrap();
+    let expected = crate::synthetic_wave(777);
     let row = pipeline.query(&format!(
         "SELECT site, toString(observed_at), source, wave_height_m, wave_height_max_m, peak_period_s, \
          ifNull(toString(mean_period_s), 'null'), wave_direction_deg, ifNull(toString(sea_temp_c), 'null'), lat, lon \

@@ -172,6 +172,16 @@ impl Pipeline {
     }
 }
 
+/// The wave event `edge-sim publish --kind wave` sends for `index` (its default sites and seed).
+pub fn synthetic_wave(index: u64) -> schema::Event<schema::WaveObservation> {
+    let synthesizer = edge_sim::synthetic::Synthesizer {
+        kind: schema::Kind::Wave,
+        sites: 16,
+        seed: 1,
+    };
+    schema::Event::decode(&synthesizer.event(index, chrono::Utc::now()).payload).unwrap()
+}
+
 /// Waits for an `edge-sim publish` child and parses its report.
 pub fn finish_publish(mut child: Child) -> HashMap<String, u64> {
     let mut stdout = String::new();
