@@ -8,6 +8,8 @@ use runtime::provision::StreamArgs;
 use runtime::{NatsArgs, NatsSettings};
 use schema::Kind;
 
+use crate::positions::PositionMode;
+
 /// Default ClickHouse HTTP endpoint.
 pub const DEFAULT_CLICKHOUSE_URL: &str = "http://127.0.0.1:8123";
 /// Default database holding the event tables.
@@ -114,6 +116,11 @@ pub struct ConsumerArgs {
     /// standby [default: $NOMAD_ALLOC_ID, else hostname:pid].
     #[arg(long, env = "SINK_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// Where read positions live: `acks` (a durable consumer; nats-server tracks every
+    /// delivery until its batch is acked) or `table` (an ephemeral consumer without acks; the
+    /// table decides what is written, a KV record where to resume; unpartitioned only).
+    #[arg(long, env = "SINK_POSITIONS", value_enum, default_value = "acks")]
+    pub positions: PositionMode,
 }
 
 /// The share of the subjects one sink instance consumes.
@@ -237,6 +244,8 @@ pub struct ConsumerSettings {
     pub reread_inactive_threshold: Duration,
     /// This instance's name in the consumer lease.
     pub instance_id: String,
+    /// Where read positions live.
+    pub positions: PositionMode,
 }
 
 impl ClickHouseSettings {
@@ -347,6 +356,12 @@ impl SinkSettings {
         );
         let alloc_index = std::env::var("NOMAD_ALLOC_INDEX").ok();
         let partition = Partition::from_args(consumer, alloc_index.as_deref())?;
+        if partition.is_some() && consumer.positions == PositionMode::Table {
+            return Err(ConfigError::new(
+                "--positions/SINK_POSITIONS",
+                "`table` resumes from the table's own sequences, which a partition shares with the others: use `acks` with --partitions",
+            ));
+        }
         let mut kinds = Vec::new();
         for name in &consumer.streams {
             let kind = Kind::from_stream_name(name.trim()).ok_or_else(|| {
@@ -389,6 +404,7 @@ impl SinkSettings {
                     .reread_inactive_threshold
                     .max(Duration::from_secs(1)),
                 instance_id,
+                positions: consumer.positions,
             },
             streams: streams.policy(),
         })

@@ -20,12 +20,13 @@ use schema::Kind;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::batch::{settle_batch, Batch, Settlement};
-use crate::config::{BatchPolicy, SinkSettings};
+use crate::batch::{settle_batch, Batch, Delivery, Settlement};
+use crate::config::{BatchPolicy, ConsumerSettings, SinkSettings};
 use crate::database::{Database, DatabaseError};
-use crate::delivery::{self, AckMode, CheckScope, Incarnation, StreamSequence};
+use crate::delivery::{self, AckMode, CheckScope, ConsumerSequence, Incarnation, StreamSequence};
 use crate::events;
 use crate::lease::{ConsumerLease, LeaseError};
+use crate::positions::{self, PositionError, PositionMode, PositionStore, SettledPosition};
 use crate::recovery::Recovery;
 use crate::rows::StoredObservation;
 use crate::shutdown::SinkShutdown;
@@ -98,6 +99,15 @@ pub enum ConsumeError {
         /// The client's error.
         #[source]
         source: async_nats::Error,
+    },
+    /// The positions bucket of `--positions table` could not be opened.
+    #[error("{kind}: cannot read positions (--positions table)")]
+    Positions {
+        /// Stream kind.
+        kind: Kind,
+        /// The store's error.
+        #[source]
+        source: PositionError,
     },
     /// Another sink consumer of the stream covers the same subjects.
     #[error("{stream}: sink consumer(s) {others:?} read the same subjects as {own}, so both would write the same messages; stop the sinks using them, delete them ({removal}; the other streams likely need the same) and start again (the new consumer reads from the start and the check skips what is already written)")]
@@ -189,31 +199,72 @@ pub async fn consume_stream<O: StoredObservation>(
     let mut consumer_config = consumer_config(kind, &context.settings);
     // nats-server cannot change a durable consumer's filter or ack policy: one created by an
     // earlier version keeps its whole-stream filter and explicit acks (correct, only slower).
-    if let Ok(existing) = stream
+    let existing = stream
         .consumer_info(&context.settings.consumer.durable_name)
         .await
-    {
+        .ok();
+    if let Some(existing) = &existing {
         if consumer_config.filter_subject.is_empty() {
-            consumer_config.filter_subject = existing.config.filter_subject;
+            consumer_config.filter_subject = existing.config.filter_subject.clone();
         }
         consumer_config.ack_policy = existing.config.ack_policy;
     }
     refuse_overlapping_consumers(&context, kind, &stream, &consumer_config.filter_subject).await?;
-    let consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
     let incarnation = incarnation_of(&stream);
     let mut life = StreamLife::establish::<O>(&context, incarnation).await?;
-    let mut recovery = match consumer_config.ack_policy {
-        consumer::AckPolicy::All => Some(Recovery::new(
-            stream.clone(),
-            consumer.clone(),
-            consumer_config.filter_subject.clone(),
-        )),
-        _ => None,
+    let (reader, recovery, ack_policy, positions) = match context.settings.consumer.positions {
+        PositionMode::Table => {
+            let store = PositionStore::open(&context.jetstream)
+                .await
+                .map_err(|source| ConsumeError::Positions { kind, source })?;
+            let recorded = match store
+                .read(&context.settings.consumer.durable_name, kind)
+                .await
+            {
+                Ok(recorded) => recorded,
+                Err(error) => {
+                    tracing::warn!(kind = %kind, %error, "position record unreadable; reading from the durable floor or the stream's start, the check skips what is written");
+                    None
+                }
+            };
+            let floor = existing
+                .as_ref()
+                .map(|info| StreamSequence(info.ack_floor.stream_sequence));
+            let start = positions::resume_from(incarnation, recorded, floor);
+            tracing::info!(kind = %kind, start = start.0, ?recorded, durable_ack_floor = floor.map(|floor| floor.0), "reading without acks from the recorded position");
+            (
+                Reader::positioned(&context.settings.consumer, start),
+                None,
+                consumer::AckPolicy::None,
+                Some(store),
+            )
+        }
+        PositionMode::Acks => {
+            let consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
+            let mut recovery = match consumer_config.ack_policy {
+                consumer::AckPolicy::All => Some(Recovery::new(
+                    stream.clone(),
+                    consumer.clone(),
+                    consumer_config.filter_subject.clone(),
+                )),
+                _ => None,
+            };
+            if let Some(recovery) = recovery.as_mut() {
+                let last = recovery.run::<O>(&context, life.scope).await?;
+                life.watermark = life.watermark.max(last);
+            }
+            let policy = consumer_config.ack_policy;
+            (
+                Reader::Durable {
+                    consumer,
+                    config: Box::new(consumer_config.clone()),
+                },
+                recovery,
+                policy,
+                None,
+            )
+        }
     };
-    if let Some(recovery) = recovery.as_mut() {
-        let last = recovery.run::<O>(&context, life.scope).await?;
-        life.watermark = life.watermark.max(last);
-    }
     let filter = match consumer_config.filter_subject.as_str() {
         "" => "(whole stream)",
         filter => filter,
@@ -224,7 +275,7 @@ pub async fn consume_stream<O: StoredObservation>(
         watermark = life.watermark.0,
         consumer = %context.settings.consumer.durable_name,
         filter,
-        ack_policy = ?consumer_config.ack_policy,
+        ack_policy = ?ack_policy,
         "consuming stream"
     );
 
@@ -234,9 +285,9 @@ pub async fn consume_stream<O: StoredObservation>(
         received,
         life,
         recovery,
+        positions,
     ));
-    let collected =
-        collect_batches(&context, kind, stream, consumer, consumer_config, &batches).await;
+    let collected = collect_batches(&context, kind, stream, reader, &batches).await;
     drop(batches);
     let written = match writer.await {
         Ok(result) => result,
@@ -317,19 +368,155 @@ fn consumer_config(kind: Kind, settings: &SinkSettings) -> consumer::pull::Confi
     }
 }
 
+/// How the collector reads its stream.
+enum Reader {
+    /// Through the durable consumer (`--positions acks`).
+    Durable {
+        consumer: consumer::PullConsumer,
+        config: Box<consumer::pull::Config>,
+    },
+    /// Through an ephemeral consumer without acks (`--positions table`), made again from the
+    /// next stream sequence whenever deliveries skip a consumer sequence or the consumer is
+    /// gone.
+    Positioned(PositionedReader),
+}
+
+/// The state of a `--positions table` read.
+struct PositionedReader {
+    /// Base of the ephemeral consumers' names (`<durable>-table-<process token>`).
+    name_prefix: String,
+    /// Consumers made so far, suffixed to the name.
+    serial: u64,
+    /// The stream sequence to read next.
+    next: StreamSequence,
+    /// The consumer sequence the next delivery must carry.
+    expected: ConsumerSequence,
+    inactive_threshold: Duration,
+    current: Option<consumer::PullConsumer>,
+}
+
+impl Reader {
+    fn positioned(settings: &ConsumerSettings, start: StreamSequence) -> Reader {
+        Reader::Positioned(PositionedReader {
+            name_prefix: format!(
+                "{}-table-{}",
+                settings.durable_name,
+                crate::lease::process_token()
+            ),
+            serial: 0,
+            next: start,
+            expected: ConsumerSequence(1),
+            inactive_threshold: settings.reread_inactive_threshold,
+            current: None,
+        })
+    }
+
+    /// Opens the message stream: the durable consumer declared again, or a new ephemeral
+    /// consumer from the next sequence (the previous one deleted).
+    async fn open(
+        &mut self,
+        stream: &jetstream::stream::Stream,
+        kind: Kind,
+        policy: &BatchPolicy,
+    ) -> Result<consumer::pull::Stream, ConsumeError> {
+        match self {
+            Reader::Durable { consumer, config } => {
+                *consumer = ensure_pull_consumer(stream, config.as_ref().clone()).await?;
+                open_messages(consumer, kind, policy).await
+            }
+            Reader::Positioned(reader) => {
+                if let Some(previous) = reader.current.take() {
+                    let name = previous.cached_info().name.clone();
+                    // Best effort: an ephemeral consumer also expires by itself.
+                    let _ = stream.delete_consumer(&name).await;
+                }
+                reader.serial += 1;
+                let config = consumer::pull::Config {
+                    name: Some(format!("{}-{}", reader.name_prefix, reader.serial)),
+                    description: Some(format!(
+                        "sink-clickhouse: {kind} events into clickhouse, positions in the table"
+                    )),
+                    ack_policy: consumer::AckPolicy::None,
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: reader.next.0.max(1),
+                    },
+                    inactive_threshold: reader.inactive_threshold,
+                    memory_storage: true,
+                    num_replicas: 1,
+                    ..Default::default()
+                };
+                let consumer = retry(
+                    RetryPolicy::CONNECT.named("positioned_consumer"),
+                    &tokio_util::sync::CancellationToken::new(),
+                    |_| ErrorClass::Transient,
+                    || stream.create_consumer(config.clone()),
+                )
+                .await
+                .map_err(|error| ConsumeError::Pull {
+                    stream: kind.stream_name(),
+                    consumer: reader.name_prefix.clone(),
+                    source: match error {
+                        RetryError::Failed(source) => source.into(),
+                        RetryError::Cancelled => "cancelled".into(),
+                    },
+                })?;
+                reader.expected = ConsumerSequence(1);
+                let messages = open_messages(&consumer, kind, policy).await;
+                reader.current = Some(consumer);
+                messages
+            }
+        }
+    }
+
+    /// Whether `message` continues the read. A positioned read that skipped a consumer
+    /// sequence (a delivery lost between server and client) drops the message and must be
+    /// opened again from the next stream sequence.
+    fn accepts(&mut self, kind: Kind, delivery: Option<Delivery>) -> bool {
+        let Reader::Positioned(reader) = self else {
+            return true;
+        };
+        let Some(delivery) = delivery else {
+            // Settling logs and skips it; it does not move the position.
+            return true;
+        };
+        if delivery.consumer_sequence != reader.expected {
+            tracing::warn!(kind = %kind, expected = reader.expected.0, delivered = delivery.consumer_sequence.0, next = reader.next.0, "deliveries skipped a consumer sequence; reading again from the next stream sequence");
+            events::delivery_gap(kind, reader.expected.0);
+            return false;
+        }
+        reader.expected = ConsumerSequence(reader.expected.0 + 1);
+        reader.next = StreamSequence(delivery.stream_sequence.0 + 1);
+        true
+    }
+
+    /// A recreated stream is read from its first message.
+    fn restart_from_first(&mut self) {
+        if let Reader::Positioned(reader) = self {
+            reader.next = StreamSequence(1);
+        }
+    }
+
+    /// Whether progress acks mean anything to this consumer.
+    fn acks(&self) -> bool {
+        matches!(self, Reader::Durable { .. })
+    }
+}
+
 async fn collect_batches(
     context: &SinkContext,
     kind: Kind,
     mut stream: jetstream::stream::Stream,
-    mut consumer: consumer::PullConsumer,
-    consumer_config: consumer::pull::Config,
+    mut reader: Reader,
     batches: &mpsc::Sender<Batch>,
 ) -> Result<(), ConsumeError> {
     let policy = context.settings.batch;
-    let ack_wait = context.settings.consumer.ack_wait;
+    let ack_wait = reader.acks().then_some(context.settings.consumer.ack_wait);
     let intake = context.shutdown.intake();
     let mut batch = Batch::new(incarnation_of(&stream));
-    let mut messages = open_messages(&consumer, kind, &policy).await?;
+    let mut messages = match &reader {
+        Reader::Durable { consumer, .. } => open_messages(consumer, kind, &policy).await?,
+        Reader::Positioned(_) => reader.open(&stream, kind, &policy).await?,
+    };
     loop {
         let deadline = batch.deadline(&policy);
         tokio::select! {
@@ -340,7 +527,13 @@ async fn collect_batches(
             }
             next = messages.next() => match next {
                 Some(Ok(message)) => {
-                    batch.push(message);
+                    let delivery = Delivery::of(&message);
+                    if !reader.accepts(kind, delivery) {
+                        drop(messages);
+                        messages = reader.open(&stream, kind, &policy).await?;
+                        continue;
+                    }
+                    batch.push(message, delivery);
                     if batch.is_full(&policy) {
                         hand_off(batches, batch.take(), ack_wait).await?;
                     }
@@ -358,21 +551,33 @@ async fn collect_batches(
                             tracing::warn!(kind = %kind, previous = %batch.incarnation, %incarnation, "the stream was recreated; its sequences start again under a new incarnation");
                             hand_off(batches, batch.take(), ack_wait).await?;
                             batch = Batch::new(incarnation);
+                            reader.restart_from_first();
                         }
-                        consumer = ensure_pull_consumer(&stream, consumer_config.clone()).await?;
-                        messages = open_messages(&consumer, kind, &policy).await?;
+                        drop(messages);
+                        messages = reader.open(&stream, kind, &policy).await?;
                     }
                 }
                 None => {
                     tracing::warn!(kind = %kind, "pull stream ended; reopening");
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    messages = open_messages(&consumer, kind, &policy).await?;
+                    drop(messages);
+                    messages = match &reader {
+                        Reader::Durable { consumer, .. } => open_messages(consumer, kind, &policy).await?,
+                        Reader::Positioned(_) => reader.open(&stream, kind, &policy).await?,
+                    };
                 }
             }
         }
     }
     // Stop intake first, then hand the partial batch to the writer for a final flush.
     drop(messages);
+    if let Reader::Positioned(PositionedReader {
+        current: Some(consumer),
+        ..
+    }) = &reader
+    {
+        let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    }
     if !batch.messages.is_empty() {
         hand_off(batches, batch.take(), ack_wait).await?;
     }
@@ -422,12 +627,13 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Sends a full batch to the writer, keeping its messages alive with progress acks while the
-/// writer is busy (for example retrying an INSERT while ClickHouse is down).
+/// Sends a full batch to the writer, keeping its messages alive with progress acks (when
+/// `ack_wait` is given: a consumer with acks) while the writer is busy (for example retrying
+/// an INSERT while ClickHouse is down).
 async fn hand_off(
     batches: &mpsc::Sender<Batch>,
     batch: Batch,
-    ack_wait: Duration,
+    ack_wait: Option<Duration>,
 ) -> Result<(), ConsumeError> {
     if batch.messages.is_empty() {
         return Ok(());
@@ -438,8 +644,13 @@ async fn hand_off(
         .and_then(|message| message.info().ok())
         .and_then(|info| Kind::from_stream_name(info.stream))
         .unwrap_or(Kind::Wave);
-    let messages = batch.messages.clone();
-    let sent = crate::batch::keep_alive(batches.send(batch), &messages, ack_wait).await;
+    let sent = match ack_wait {
+        Some(ack_wait) => {
+            let messages = batch.messages.clone();
+            crate::batch::keep_alive(batches.send(batch), &messages, ack_wait).await
+        }
+        None => batches.send(batch).await,
+    };
     // The writer stopped; its own error is reported by consume_stream.
     sent.map_err(|_closed| ConsumeError::Interrupted { kind })
 }
@@ -453,6 +664,7 @@ async fn write_batches<O: StoredObservation>(
     mut received: mpsc::Receiver<Batch>,
     mut life: StreamLife,
     mut recovery: Option<Recovery>,
+    positions: Option<PositionStore>,
 ) -> Result<(), ConsumeError> {
     while let Some(batch) = received.recv().await {
         if batch.incarnation != life.scope.current {
@@ -464,10 +676,16 @@ async fn write_batches<O: StoredObservation>(
                 life.watermark = life.watermark.max(last);
             }
         }
-        let ack_mode = match recovery {
-            Some(_) => AckMode::HighestOfBatch,
-            None => AckMode::EachMessage,
+        let ack_mode = match (&recovery, &positions) {
+            (Some(_), _) => AckMode::HighestOfBatch,
+            (None, Some(_)) => AckMode::Nothing,
+            (None, None) => AckMode::EachMessage,
         };
+        // Under `--positions table` the batch's last delivery is its highest sequence.
+        let settled = batch.last_delivery().map(|delivery| SettledPosition {
+            incarnation: batch.incarnation.0,
+            settled_through: delivery.stream_sequence.0,
+        });
         let settlement = Settlement {
             scope: life.scope,
             watermark: life.watermark,
@@ -475,6 +693,15 @@ async fn write_batches<O: StoredObservation>(
             tracker: recovery.as_mut().map(|recovery| &mut recovery.tracker),
         };
         let gap = settle_batch::<O>(&context, batch, settlement).await?;
+        if let (Some(store), Some(settled)) = (&positions, settled) {
+            if let Err(error) = store
+                .record(&context.settings.consumer.durable_name, O::KIND, settled)
+                .await
+            {
+                // Only a hint: a restart resumes from the previous record and checks.
+                tracing::warn!(kind = %O::KIND, %error, "position not recorded");
+            }
+        }
         if let (Some(missing), Some(recovery)) = (gap, recovery.as_mut()) {
             events::delivery_gap(O::KIND, missing.0);
             let last = recovery.run::<O>(&context, life.scope).await?;

@@ -75,7 +75,7 @@ impl LeaseRecord {
 }
 
 /// A token unique to this process: its pid, its start time and a per-process random seed.
-fn process_token() -> String {
+pub(crate) fn process_token() -> String {
     static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TOKEN
         .get_or_init(|| {

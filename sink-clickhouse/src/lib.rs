@@ -15,6 +15,7 @@
 //! - [`recovery`]: the re-read of a consumer's un-acked range;
 //! - [`consume`]: the per-stream orchestration (collector and writer tasks);
 //! - [`lease`]: one sink at a time per durable consumer;
+//! - [`positions`]: reading without acks (`--positions table`): where to resume;
 //! - [`shutdown`]: the two stop levels (stop intake, abandon);
 //! - [`replay`]: re-reading a stream range into the live tables or another database,
 //!   paced and verified;
@@ -28,6 +29,7 @@ pub mod dead_letter;
 pub mod delivery;
 pub mod events;
 pub mod lease;
+pub mod positions;
 pub mod recovery;
 pub mod replay;
 pub mod rows;

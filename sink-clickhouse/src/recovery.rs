@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 
-use crate::batch::{settle_batch, Batch, Settlement};
+use crate::batch::{settle_batch, Batch, Delivery, Settlement};
 use crate::consume::{ConsumeError, SinkContext};
 use crate::delivery::{
     self, AckMode, CheckScope, ConsumerSequence, DeliveryTracker, Incarnation, StreamSequence,
@@ -196,17 +196,19 @@ impl Recovery {
                         break;
                     }
                 };
-                let Ok(meta) = message.info() else { continue };
+                let Some(delivery) = Delivery::of(&message) else {
+                    continue;
+                };
                 got_any = true;
                 failures = 0;
-                let sequence = StreamSequence(meta.stream_sequence);
+                let sequence = delivery.stream_sequence;
                 if sequence > last {
                     next = StreamSequence(last.0 + 1);
                     break;
                 }
                 next = StreamSequence(sequence.0 + 1);
                 read += 1;
-                batch.push(message);
+                batch.push(message, Some(delivery));
                 if batch.is_full(&policy) {
                     self.settle::<O>(context, scope, batch.take()).await?;
                 }
