@@ -26,6 +26,7 @@ use crate::database::{Database, DatabaseError};
 use crate::delivery::{
     self, CheckScope, ConsumerProgress, Incarnation, StreamPosition, StreamSequence,
 };
+use crate::positions;
 use crate::rows::StoredObservation;
 use crate::writer::{self, PendingRow, WriteTarget};
 
@@ -310,7 +311,22 @@ async fn replay_kind<O: StoredObservation>(
             .map(|life| i64::from(life.newest_ingest)),
     );
     let to_seq = if into_live_tables {
-        let consumers = durable_consumers(&stream).await?;
+        let mut consumers = durable_consumers(&stream).await?;
+        // A sink reading without acks (`--positions table`) has settled through its record.
+        let recorded = positions::recorded_for_stream(&jetstream, kind, incarnation)
+            .await
+            .context("cannot read the positions of sinks that read without acks")?;
+        consumers.extend(
+            recorded
+                .into_iter()
+                .map(|(name, settled)| ConsumerProgress {
+                    name: format!("{name} (--positions table)"),
+                    filter: String::new(),
+                    ack_floor: settled,
+                    num_pending: stream_last.saturating_sub(settled.0),
+                    num_ack_pending: 0,
+                }),
+        );
         delivery::live_replay_end(
             args.to_seq.map(StreamSequence),
             StreamSequence(stream_last),
