@@ -14,6 +14,7 @@ mod faults;
 mod lease;
 mod operators;
 mod partitions;
+mod positions;
 mod replay;
 
 use std::collections::HashMap;

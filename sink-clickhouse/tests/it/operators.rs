@@ -26,21 +26,21 @@ use crate::{finish_publish, http_get, metric_value, Pipeline, Sink};
 const WAVE: &str = "wave_observations";
 
 /// A sink whose stderr is copied to the test's and kept for searching.
-struct LoggedSink {
-    sink: Sink,
+pub struct LoggedSink {
+    pub sink: Sink,
     log: Arc<Mutex<String>>,
 }
 
 impl LoggedSink {
-    fn pid(&self) -> Pid {
+    pub fn pid(&self) -> Pid {
         Pid::from_raw(self.sink.child.id() as i32)
     }
 
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
-    fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.log.lock().unwrap().contains(needle) {
@@ -51,12 +51,12 @@ impl LoggedSink {
         false
     }
 
-    fn is_running(&mut self) -> bool {
+    pub fn is_running(&mut self) -> bool {
         self.sink.child.try_wait().unwrap().is_none()
     }
 
     /// Waits up to `timeout` for the process to exit; `None` if it is still running.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.sink.child.try_wait().unwrap() {
@@ -71,7 +71,7 @@ impl LoggedSink {
         }
     }
 
-    fn metric(&self, name: &str, labels: &str) -> f64 {
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
         http_get(self.sink.http_port, "/metrics")
             .map(|(_, page)| metric_value(&page, name, labels))
             .unwrap_or(0.0)
@@ -100,7 +100,7 @@ impl LoggedSink {
 }
 
 /// Starts `sink-clickhouse run` with `extra` flags, its stderr copied and kept.
-fn spawn_logged(pipeline: &Pipeline, label: &str, extra: &[&str]) -> LoggedSink {
+pub fn spawn_logged(pipeline: &Pipeline, label: &str, extra: &[&str]) -> LoggedSink {
     let mut sink = pipeline.spawn_sink_with_stderr(extra, Stdio::piped());
     let stderr = sink.child.stderr.take().expect("stderr piped");
     let log = Arc::new(Mutex::new(String::new()));
@@ -120,14 +120,14 @@ fn spawn_logged(pipeline: &Pipeline, label: &str, extra: &[&str]) -> LoggedSink 
 
 /// Runs `sink-clickhouse replay --stream WAVE --progress log` with `extra`; returns (exit code,
 /// stdout, stderr).
-fn replay_wave(pipeline: &Pipeline, extra: &[&str]) -> (i32, String, String) {
+pub fn replay_wave(pipeline: &Pipeline, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec!["replay", "--stream", "WAVE", "--progress", "log"];
     args.extend_from_slice(extra);
     pipeline.run_binary("sink-clickhouse", &args)
 }
 
 /// Runs `work` against the pipeline's JetStream on a runtime of its own.
-fn with_jetstream<T, F, Fut>(pipeline: &Pipeline, work: F) -> T
+pub fn with_jetstream<T, F, Fut>(pipeline: &Pipeline, work: F) -> T
 where
     F: FnOnce(jetstream::Context) -> Fut,
     Fut: Future<Output = T>,
@@ -144,7 +144,12 @@ where
 }
 
 /// Publishes one raw message to JetStream with a message id; returns its stream sequence.
-fn publish_raw(pipeline: &Pipeline, subject: String, message_id: &str, payload: Vec<u8>) -> u64 {
+pub fn publish_raw(
+    pipeline: &Pipeline,
+    subject: String,
+    message_id: &str,
+    payload: Vec<u8>,
+) -> u64 {
     let message_id = message_id.to_owned();
     with_jetstream(pipeline, |jetstream| async move {
         let mut headers = async_nats::HeaderMap::new();
@@ -199,7 +204,7 @@ fn dead_letters(pipeline: &Pipeline) -> Vec<DeadLetter> {
 }
 
 /// A wave event as edge-sim encodes it, with `change` applied and its id recomputed.
-fn wave_event(change: impl FnOnce(&mut WaveObservation)) -> (String, String, Vec<u8>) {
+pub fn wave_event(change: impl FnOnce(&mut WaveObservation)) -> (String, String, Vec<u8>) {
     let template = crate::synthetic_wave(0);
     let mut observation = template.observation;
     change(&mut observation);
@@ -209,7 +214,7 @@ fn wave_event(change: impl FnOnce(&mut WaveObservation)) -> (String, String, Vec
 
 /// Raw count, `FINAL` count and distinct `(stream_incarnation, stream_seq)` all equal
 /// `expected`, also a few seconds after the count first matched.
-fn assert_exact_positions(pipeline: &Pipeline, table: &str, expected: u64) {
+pub fn assert_exact_positions(pipeline: &Pipeline, table: &str, expected: u64) {
     let landed = pipeline.wait_for_rows(table, expected, Duration::from_secs(180));
     // Per stream life: rows, distinct sequences, rows in FINAL.
     let lives = || {
@@ -244,7 +249,7 @@ fn assert_exact_positions(pipeline: &Pipeline, table: &str, expected: u64) {
     assert_eq!(positions, expected, "{table}: one row per stream position");
 }
 
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -252,7 +257,7 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn consumer_ack_floor(pipeline: &Pipeline, stream: &str, name: &str) -> (u64, u64) {
+pub fn consumer_ack_floor(pipeline: &Pipeline, stream: &str, name: &str) -> (u64, u64) {
     let (stream, name) = (stream.to_owned(), name.to_owned());
     with_jetstream(pipeline, |jetstream| async move {
         let stream = jetstream.get_stream(stream).await.unwrap();
@@ -264,7 +269,7 @@ fn consumer_ack_floor(pipeline: &Pipeline, stream: &str, name: &str) -> (u64, u6
     })
 }
 
-fn stream_last_sequence(pipeline: &Pipeline, stream: &str) -> u64 {
+pub fn stream_last_sequence(pipeline: &Pipeline, stream: &str) -> u64 {
     let stream = stream.to_owned();
     with_jetstream(pipeline, |jetstream| async move {
         let mut stream = jetstream.get_stream(stream).await.unwrap();
@@ -272,7 +277,7 @@ fn stream_last_sequence(pipeline: &Pipeline, stream: &str) -> u64 {
     })
 }
 
-fn report_of(stdout: &str) -> HashMap<String, String> {
+pub fn report_of(stdout: &str) -> HashMap<String, String> {
     stdout
         .split_whitespace()
         .filter_map(|pair| pair.split_once('='))
