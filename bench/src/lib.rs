@@ -709,6 +709,17 @@ async fn stop(program: &mut Program) {
 /// The bridge's default `--in-flight`.
 const BRIDGE_IN_FLIGHT: usize = 256;
 
+/// The bridge's in-flight window in this run: `--bridge-env BRIDGE_IN_FLIGHT=N`, else its
+/// default; the raw publish (6c) uses the same, so the ratio compares equal windows.
+fn bridge_in_flight(bridge_env: &[(String, String)]) -> usize {
+    bridge_env
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "BRIDGE_IN_FLIGHT")
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(BRIDGE_IN_FLIGHT)
+}
+
 /// Mosquitto's delivery rate to a plain subscriber against the bridge's, same messages.
 async fn bridge_side(
     sides: &Sides<'_>,
@@ -779,8 +790,9 @@ async fn bridge_side(
     // The JetStream half of the bridge's work alone: the same kind of events, as many acks
     // outstanding as the bridge allows (its default --in-flight).
     let events = stream::bridge_events(plan.bridge_messages)?;
+    let window = bridge_in_flight(&plan.bridge_env);
     let meter = procs::CpuMeter::start(&[nats_watch.clone(), bench_watch.clone()]);
-    let published = stream::raw_publish(&jetstream, events, BRIDGE_IN_FLIGHT).await?;
+    let published = stream::raw_publish(&jetstream, events, window).await?;
     let cpu = meter.finish();
     tracing::info!(
         seconds = published.seconds,
@@ -788,7 +800,7 @@ async fn bridge_side(
         cpu = %cpu.summary(),
         "raw JetStream publish at the bridge's in-flight"
     );
-    results.raw_publish = Some((published.events, published.seconds, cpu));
+    results.raw_publish = Some((published.events, published.seconds, cpu, window));
 
     let base = stream::stream_messages(&jetstream).await?;
     let http_port = test_support::free_port();

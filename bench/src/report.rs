@@ -11,10 +11,12 @@ use crate::sink::{Drained, Latency};
 use crate::stream::{AckMode, Consumed};
 use crate::warehouse::Inserted;
 
-/// The sink must reach this share of the slower raw limit.
-pub const SINK_TARGET: f64 = 0.80;
-/// The bridge must reach this share of mosquitto's delivery rate to a plain subscriber.
-pub const BRIDGE_TARGET: f64 = 0.80;
+/// The sink must reach this share of the slower raw limit (raw consume without acks, raw
+/// insert).
+pub const SINK_TARGET: f64 = 0.85;
+/// The bridge must reach this share of raw JetStream publishing at its own in-flight window
+/// (6c); mosquitto's delivery to a plain subscriber (6a) is shown for context.
+pub const BRIDGE_TARGET: f64 = 0.85;
 /// "Flat" memory: the peak at the larger volume is at most this multiple of the smaller's.
 pub const RSS_FLAT_FACTOR: f64 = 1.25;
 /// The sink's default flush interval, in milliseconds.
@@ -44,7 +46,7 @@ pub struct Results {
     /// Mosquitto → plain subscriber.
     pub plain: Option<Delivered>,
     /// Raw JetStream publish of bridge-like events at the bridge's in-flight: events, seconds, CPU.
-    pub raw_publish: Option<(u64, f64, CpuUsage)>,
+    pub raw_publish: Option<(u64, f64, CpuUsage, usize)>,
     /// Mosquitto → bridge → JetStream.
     pub bridge: Option<Delivered>,
     /// Phases that failed, with the error.
@@ -283,10 +285,13 @@ impl Results {
                 "",
             ]);
         }
-        if let Some((events, seconds, _)) = &self.raw_publish {
+        if let Some((events, seconds, _, window)) = &self.raw_publish {
+            let label = format!(
+                "raw JetStream publish of the bridge's kind of events, {window} acks in flight (the bridge's --in-flight in this run)"
+            );
             row([
                 "6c",
-                "raw JetStream publish of the bridge's kind of events, 256 acks in flight (the bridge's default --in-flight)",
+                &label,
                 &thousands(*events as f64),
                 &format!("{seconds:.2}"),
                 &format!("{} ev/s", thousands(*events as f64 / seconds.max(1e-9))),
@@ -296,25 +301,20 @@ impl Results {
             ]);
         }
         if let Some(bridge) = &self.bridge {
-            let (ratio, met) = match &self.plain {
-                Some(plain) => {
-                    let ratio = bridge.rate() / plain.rate();
-                    let of_publish = self
-                        .raw_publish
-                        .as_ref()
-                        .map(|(events, seconds, _)| {
-                            format!(
-                                "; {:.2} of (6c)",
-                                bridge.rate() / (*events as f64 / seconds.max(1e-9))
-                            )
-                        })
-                        .unwrap_or_default();
+            let of_plain = self
+                .plain
+                .as_ref()
+                .map(|plain| format!("; {:.2} of (6a)", bridge.rate() / plain.rate()))
+                .unwrap_or_default();
+            let (ratio, met) = match &self.raw_publish {
+                Some((events, seconds, _, _)) => {
+                    let ratio = bridge.rate() / (*events as f64 / seconds.max(1e-9));
                     (
-                        format!("{ratio:.2} of (6a){of_publish}"),
+                        format!("{ratio:.2} of (6c){of_plain}"),
                         verdict(ratio >= BRIDGE_TARGET).to_owned(),
                     )
                 }
-                None => (String::new(), String::new()),
+                None => (of_plain, String::new()),
             };
             row([
                 "6b",
@@ -357,8 +357,8 @@ impl Results {
         if let Some(plain) = &self.plain {
             phases.push(("mosquitto → plain subscriber".to_owned(), &plain.cpu));
         }
-        if let Some((_, _, cpu)) = &self.raw_publish {
-            phases.push(("raw JetStream publish, 256 in flight".to_owned(), cpu));
+        if let Some((_, _, cpu, window)) = &self.raw_publish {
+            phases.push((format!("raw JetStream publish, {window} in flight"), cpu));
         }
         if let Some(bridge) = &self.bridge {
             phases.push(("mosquitto → bridge → JetStream".to_owned(), &bridge.cpu));
