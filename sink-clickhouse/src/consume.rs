@@ -231,6 +231,18 @@ pub async fn consume_stream<O: StoredObservation>(
                 .as_ref()
                 .map(|info| StreamSequence(info.ack_floor.stream_sequence));
             let start = positions::resume_from(incarnation, recorded, floor);
+            // Recorded before the first read, so a replay into the live tables is bounded by
+            // this sink from its start (rule **replay behind the live sink**).
+            record_position(
+                &context,
+                &store,
+                kind,
+                SettledPosition {
+                    incarnation: incarnation.0,
+                    settled_through: start.0.saturating_sub(1),
+                },
+            )
+            .await?;
             tracing::info!(kind = %kind, start = start.0, ?recorded, durable_ack_floor = floor.map(|floor| floor.0), "reading without acks from the recorded position");
             (
                 Reader::positioned(&context.settings.consumer, start),
@@ -298,6 +310,27 @@ pub async fn consume_stream<O: StoredObservation>(
     };
     // A writer error explains a collector that stopped because the writer went away.
     written.and(collected)
+}
+
+/// Writes a starting record (retried: a replay into the live tables must see it before this
+/// sink writes anything without a look).
+async fn record_position(
+    context: &SinkContext,
+    store: &PositionStore,
+    kind: Kind,
+    position: SettledPosition,
+) -> Result<(), ConsumeError> {
+    retry(
+        RetryPolicy::CONNECT.named("position_record"),
+        context.shutdown.abandoned(),
+        |_| ErrorClass::Transient,
+        || store.record(&context.settings.consumer.durable_name, kind, position),
+    )
+    .await
+    .map_err(|error| match error {
+        RetryError::Failed(source) => ConsumeError::Positions { kind, source },
+        RetryError::Cancelled => ConsumeError::Interrupted { kind },
+    })
 }
 
 /// Rule **one layout at a time**, checked against the consumers the stream has now.
@@ -668,6 +701,19 @@ async fn write_batches<O: StoredObservation>(
 ) -> Result<(), ConsumeError> {
     while let Some(batch) = received.recv().await {
         if batch.incarnation != life.scope.current {
+            if let Some(store) = &positions {
+                // The new life is read from its first message: nothing of it is settled.
+                record_position(
+                    &context,
+                    store,
+                    O::KIND,
+                    SettledPosition {
+                        incarnation: batch.incarnation.0,
+                        settled_through: 0,
+                    },
+                )
+                .await?;
+            }
             life = StreamLife::establish::<O>(&context, batch.incarnation).await?;
             if let Some(recovery) = recovery.as_mut() {
                 // The re-read writes the new life's un-acked range, which holds this batch and

@@ -48,7 +48,7 @@ pub fn batch_written(
         tracing::info!(
             kind = label,
             already_applied,
-            "redelivered messages already in clickhouse; acked without writing"
+            "messages read again were already in clickhouse; settled without writing them"
         );
     }
     tracing::debug!(

@@ -12,9 +12,12 @@
 //! or none at all resumes from the durable consumer's ack floor when one of that name exists
 //! (the switch from `--positions acks`), else from the stream's first message.
 //!
-//! A replay into the live tables reads the same records ([`recorded_for_stream`]): a sink in
-//! this mode has settled through its record, which bounds the replay as a durable consumer's
-//! ack floor does.
+//! A sink writes its starting point as a record before it reads (and again, at 0, when the
+//! stream was recreated), so a replay into the live tables always sees it: a sink in this
+//! mode has settled through its record ([`recorded_for_stream`]; a record of an earlier
+//! incarnation counts as 0), which bounds the replay as a durable consumer's ack floor does.
+//! A sink taken out of service for good leaves its record behind, and with it the bound:
+//! delete the key (`nats kv del nomadwave_sink_positions <consumer>.<STREAM>`).
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
@@ -152,6 +155,15 @@ impl PositionStore {
     }
 }
 
+/// What a record says is settled of `incarnation`'s life.
+pub fn settled_in(position: SettledPosition, incarnation: Incarnation) -> StreamSequence {
+    if position.incarnation == incarnation.0 {
+        StreamSequence(position.settled_through)
+    } else {
+        StreamSequence(0)
+    }
+}
+
 fn parse(key: &str, bytes: &[u8]) -> Option<SettledPosition> {
     match serde_json::from_slice(bytes) {
         Ok(position) => Some(position),
@@ -162,8 +174,10 @@ fn parse(key: &str, bytes: &[u8]) -> Option<SettledPosition> {
     }
 }
 
-/// Every consumer's record for `kind`'s stream in `incarnation`, as (consumer name, settled
-/// through). A missing bucket means no sink uses this mode.
+/// Every consumer's record for `kind`'s stream, as (consumer name, settled through in
+/// `incarnation`). A record of another incarnation counts as settled through 0: its sink has
+/// not written anything of this life yet (it reads a recreated stream from its first
+/// message). A missing bucket means no sink uses this mode.
 ///
 /// # Errors
 ///
@@ -196,12 +210,7 @@ pub async fn recorded_for_stream(
             .await
             .map_err(|error| failed(error.to_string()))?;
         if let Some(position) = value.and_then(|bytes| parse(&key, &bytes)) {
-            if position.incarnation == incarnation.0 {
-                found.push((
-                    consumer.to_owned(),
-                    StreamSequence(position.settled_through),
-                ));
-            }
+            found.push((consumer.to_owned(), settled_in(position, incarnation)));
         }
     }
     Ok(found)
@@ -250,6 +259,20 @@ mod tests {
             StreamSequence(7_001)
         );
         assert_eq!(resume_from(NOW, None, None), StreamSequence(1));
+    }
+
+    #[test]
+    fn rule_a_record_of_another_life_has_settled_nothing_of_this_one() {
+        let old_life = SettledPosition {
+            incarnation: NOW.0 - 1,
+            settled_through: 9_000,
+        };
+        assert_eq!(settled_in(old_life, NOW), StreamSequence(0));
+        let this_life = SettledPosition {
+            incarnation: NOW.0,
+            settled_through: 9_000,
+        };
+        assert_eq!(settled_in(this_life, NOW), StreamSequence(9_000));
     }
 
     #[test]

@@ -500,11 +500,10 @@ fn table_positions_with_partitions_are_refused_at_startup() {
     assert!(!bucket, "a refused sink created {BUCKET}");
 }
 
-/// Reproduces a gap in the replay bound: a table-mode sink that has not yet settled a batch has
-/// no record, so nothing bounds a replay into its tables, and its first batch (read with
-/// watermark 0, so written without a check) lands a second time.
+/// A table-mode sink that has not settled a batch yet still bounds a replay into its tables (it
+/// records its starting point before it reads); without that, its first batch (read with
+/// watermark 0, so written without a check) landed a second time.
 #[test]
-#[ignore = "sink bug: a table-mode sink without a position record does not bound a replay into the live tables"]
 fn replay_is_bounded_by_a_table_mode_sink_that_has_not_recorded_yet() {
     use crate::operators::{publish_raw, wave_event};
     use async_nats::jetstream::stream;
@@ -538,7 +537,11 @@ fn replay_is_bounded_by_a_table_mode_sink_that_has_not_recorded_yet() {
         0,
         "the sink waits for the dead-letter stream"
     );
-    assert_eq!(position_record(&pipeline), None, "nothing settled yet");
+    assert_eq!(
+        position_record(&pipeline).map(|(_, settled)| settled),
+        Some(0),
+        "the starting record says nothing is settled yet"
+    );
 
     // An operator's replay into the live tables, no end given.
     let (code, stdout, stderr) = replay_wave(&pipeline, &[]);
@@ -547,6 +550,11 @@ fn replay_is_bounded_by_a_table_mode_sink_that_has_not_recorded_yet() {
         .get("last_seq")
         .cloned()
         .unwrap_or_default();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(
+        replayed_last, "0",
+        "the replay stops where the sink has settled: {stdout}"
+    );
 
     with_jetstream(&pipeline, |jetstream| async move {
         jetstream
