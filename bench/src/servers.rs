@@ -4,10 +4,10 @@
 //!
 //! An external server is only touched where the benchmark made something:
 //! - NATS: the run refuses a server that already has any of [`owned_streams`] (NomadWave's
-//!   event streams, the dead-letter stream and the sink's lease bucket), so everything it
-//!   fills is its own; it deletes those streams after each side of the run, and after a failure
-//!   or an interruption. Point `NATS_URL` at a server without NomadWave's streams (never at
-//!   production's: its sinks would consume the benchmark's events).
+//!   event streams, the dead-letter stream and the sink's lease and position buckets), so
+//!   everything it fills is its own; it deletes those streams after each side of the run, and
+//!   after a failure or an interruption. Point `NATS_URL` at a server without NomadWave's
+//!   streams (never at production's: its sinks would consume the benchmark's events).
 //! - ClickHouse: only the database [`DATABASE`], dropped before each phase that fills it and
 //!   at the end.
 //! - MQTT: the two persistent sessions of [`crate::mqtt`], cleared before and after use. The
@@ -37,7 +37,7 @@ pub const MQTT_VAR: &str = "MQTT_URL";
 pub const DATABASE: &str = "nomadwave_bench";
 
 /// The streams the benchmark declares or makes the sink declare: `WAVE`, `WEATHER`, `CARBON`,
-/// the dead-letter stream and the sink's lease bucket (`KV_<bucket>`).
+/// the dead-letter stream and the sink's lease and position buckets (`KV_<bucket>`).
 pub fn owned_streams() -> Vec<String> {
     let mut names: Vec<String> = schema::Kind::ALL
         .into_iter()
@@ -45,6 +45,7 @@ pub fn owned_streams() -> Vec<String> {
         .collect();
     names.push(schema::kind::DEAD_LETTER_STREAM.to_owned());
     names.push(format!("KV_{}", sink_clickhouse::lease::LEASE_BUCKET));
+    names.push(format!("KV_{}", sink_clickhouse::positions::POSITION_BUCKET));
     names
 }
 
@@ -533,7 +534,7 @@ mod tests {
     }
 
     #[test]
-    fn owned_streams_are_nomadwaves_and_the_lease_bucket() {
+    fn owned_streams_are_nomadwaves_and_the_sink_buckets() {
         assert_eq!(
             owned_streams(),
             [
@@ -541,7 +542,8 @@ mod tests {
                 "WEATHER",
                 "CARBON",
                 "DEADLETTER",
-                "KV_nomadwave_sink_leases"
+                "KV_nomadwave_sink_leases",
+                "KV_nomadwave_sink_positions"
             ]
         );
     }
