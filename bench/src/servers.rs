@@ -45,7 +45,10 @@ pub fn owned_streams() -> Vec<String> {
         .collect();
     names.push(schema::kind::DEAD_LETTER_STREAM.to_owned());
     names.push(format!("KV_{}", sink_clickhouse::lease::LEASE_BUCKET));
-    names.push(format!("KV_{}", sink_clickhouse::positions::POSITION_BUCKET));
+    names.push(format!(
+        "KV_{}",
+        sink_clickhouse::positions::POSITION_BUCKET
+    ));
     names
 }
 
