@@ -195,8 +195,10 @@ pub async fn ensure_stream(
 /// "not found" and both create. nats-server 2.9 can then refuse the slower one with "subjects
 /// overlap with an existing stream" (10065) or "stream name already in use" (10058) although
 /// the stream it wanted now exists. Those two refusals are retried under
-/// [`RetryPolicy::DECLARE`], each attempt looking the stream up again; any other error, or a
-/// refusal that persists, is returned.
+/// [`RetryPolicy::DECLARE`], each attempt looking the stream up again, and so is a request
+/// that timed out (a server busy with many such declarations at once: seen in the race test
+/// with the whole suite running on two cores; the next attempt finds the stream if the
+/// timed-out one made it). Any other error, or a refusal that persists, is returned.
 async fn get_or_create_racing(
     jetstream: &jetstream::Context,
     config: &stream::Config,
@@ -208,6 +210,7 @@ async fn get_or_create_racing(
         {
             ErrorClass::Transient
         }
+        jetstream::context::CreateStreamErrorKind::TimedOut => ErrorClass::Transient,
         _ => ErrorClass::Permanent,
     };
     // Declaration happens before a service has a shutdown token; the policy is bounded.
