@@ -126,6 +126,24 @@ pub fn replay_wave(pipeline: &Pipeline, extra: &[&str]) -> (i32, String, String)
     pipeline.run_binary("sink-clickhouse", &args)
 }
 
+/// Declares the dead-letter stream again after a test deleted it, as every service does at
+/// startup.
+pub fn declare_dead_letter_stream_again(pipeline: &Pipeline) {
+    with_jetstream(pipeline, |jetstream| async move {
+        jetstream
+            .create_stream(stream::Config {
+                name: "DEADLETTER".to_owned(),
+                subjects: vec!["nomadwave.deadletter.>".to_owned()],
+                duplicate_window: Duration::from_secs(120),
+                max_age: Duration::from_secs(30 * 24 * 3600),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+}
+
 /// Runs `work` against the pipeline's JetStream on a runtime of its own.
 pub fn with_jetstream<T, F, Fut>(pipeline: &Pipeline, work: F) -> T
 where
@@ -598,19 +616,7 @@ fn dead_letter_stream_unavailable_shows_in_readyz() {
     assert!(sink.is_running(), "the sink waits, it does not exit yet");
 
     // The operator declares the stream again (as every service does at startup).
-    with_jetstream(&pipeline, |jetstream| async move {
-        jetstream
-            .create_stream(stream::Config {
-                name: "DEADLETTER".to_owned(),
-                subjects: vec!["nomadwave.deadletter.>".to_owned()],
-                duplicate_window: Duration::from_secs(120),
-                max_age: Duration::from_secs(30 * 24 * 3600),
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    });
+    declare_dead_letter_stream_again(&pipeline);
     let mut ready = String::new();
     wait_until(
         "/readyz to recover",

@@ -505,8 +505,7 @@ fn table_positions_with_partitions_are_refused_at_startup() {
 /// watermark 0, so written without a check) landed a second time.
 #[test]
 fn replay_is_bounded_by_a_table_mode_sink_that_has_not_recorded_yet() {
-    use crate::operators::{publish_raw, wave_event};
-    use async_nats::jetstream::stream;
+    use crate::operators::{declare_dead_letter_stream_again, publish_raw, wave_event};
 
     let pipeline = Pipeline::start("positions-replay-unrecorded");
     let mut sink = spawn_logged(&pipeline, "table", TABLE);
@@ -556,19 +555,7 @@ fn replay_is_bounded_by_a_table_mode_sink_that_has_not_recorded_yet() {
         "the replay stops where the sink has settled: {stdout}"
     );
 
-    with_jetstream(&pipeline, |jetstream| async move {
-        jetstream
-            .create_stream(stream::Config {
-                name: "DEADLETTER".to_owned(),
-                subjects: vec!["nomadwave.deadletter.>".to_owned()],
-                duplicate_window: Duration::from_secs(120),
-                max_age: Duration::from_secs(30 * 24 * 3600),
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    });
+    declare_dead_letter_stream_again(&pipeline);
     wait_for_record(&pipeline, 1001);
     std::thread::sleep(Duration::from_secs(2));
     let (raw, final_rows, doubled) = (
