@@ -144,6 +144,23 @@ pub fn declare_dead_letter_stream_again(pipeline: &Pipeline) {
     });
 }
 
+/// Deletes `WAVE` (`nats stream rm WAVE`) and publishes 1,000 new events, which declares it
+/// again, empty, its sequences starting at 1.
+pub fn delete_wave_and_publish_a_new_life(pipeline: &Pipeline) {
+    let deleted = with_jetstream(pipeline, |jetstream| async move {
+        jetstream.delete_stream("WAVE").await.unwrap().success
+    });
+    assert!(deleted, "WAVE deleted");
+    let second = pipeline.publish(&[
+        "--kind", "wave", "--count", "1000", "--sites", "10", "--offset", "1000",
+    ]);
+    assert_eq!(second["distinct_valid"], 1000);
+    assert_eq!(
+        second["stream_messages_added"], 1000,
+        "a new stream remembers no ids"
+    );
+}
+
 /// Runs `work` against the pipeline's JetStream on a runtime of its own.
 pub fn with_jetstream<T, F, Fut>(pipeline: &Pipeline, work: F) -> T
 where
@@ -317,18 +334,7 @@ fn stream_deleted_and_recreated_keeps_old_rows_and_writes_new_ones() {
 
     // The operator deletes the stream (`nats stream rm WAVE`); the next publisher declares
     // it again, empty, its sequences starting at 1.
-    let deleted = with_jetstream(&pipeline, |jetstream| async move {
-        jetstream.delete_stream("WAVE").await.unwrap().success
-    });
-    assert!(deleted, "WAVE deleted");
-    let second = pipeline.publish(&[
-        "--kind", "wave", "--count", "1000", "--sites", "10", "--offset", "1000",
-    ]);
-    assert_eq!(second["distinct_valid"], 1000);
-    assert_eq!(
-        second["stream_messages_added"], 1000,
-        "a new stream remembers no ids"
-    );
+    delete_wave_and_publish_a_new_life(&pipeline);
 
     assert_exact_positions(&pipeline, WAVE, 2000);
     let incarnations = pipeline.query(&format!(

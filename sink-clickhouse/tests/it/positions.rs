@@ -264,15 +264,7 @@ fn stream_recreated_under_a_table_mode_sink_starts_again_at_its_first_message() 
     );
     let old_life = wait_for_record(&pipeline, 1000);
 
-    let deleted = with_jetstream(&pipeline, |jetstream| async move {
-        jetstream.delete_stream("WAVE").await.unwrap().success
-    });
-    assert!(deleted, "WAVE deleted");
-    let second = pipeline.publish(&[
-        "--kind", "wave", "--count", "1000", "--sites", "10", "--offset", "1000",
-    ]);
-    assert_eq!(second["distinct_valid"], 1000);
-    assert_eq!(second["stream_messages_added"], 1000);
+    crate::operators::delete_wave_and_publish_a_new_life(&pipeline);
 
     assert_exact_positions(&pipeline, WAVE, 2000);
     assert_eq!(duplicates(&pipeline), 0);
