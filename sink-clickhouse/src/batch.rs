@@ -22,7 +22,7 @@ use crate::rows::{StoredObservation, UnstorableValue};
 use crate::writer::{self, PendingRow, WriteTarget};
 
 /// What settling needs of a message's JetStream metadata, parsed once from its reply subject
-/// (the parse is a tenth of the sink's own work per message when repeated).
+/// (a second parse cost 5 % of the sink's instructions per message under callgrind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
     /// Stream sequence.

@@ -23,7 +23,9 @@ use tokio::sync::mpsc;
 use crate::batch::{settle_batch, Batch, Delivery, Settlement};
 use crate::config::{BatchPolicy, ConsumerSettings, SinkSettings};
 use crate::database::{Database, DatabaseError};
-use crate::delivery::{self, AckMode, CheckScope, ConsumerSequence, Incarnation, StreamSequence};
+use crate::delivery::{
+    self, AckMode, CheckScope, ConsumerSequence, DeliveryTracker, Incarnation, StreamSequence,
+};
 use crate::events;
 use crate::lease::{ConsumerLease, LeaseError};
 use crate::positions::{self, PositionError, PositionMode, PositionStore, SettledPosition};
@@ -422,8 +424,8 @@ struct PositionedReader {
     serial: u64,
     /// The stream sequence to read next.
     next: StreamSequence,
-    /// The consumer sequence the next delivery must carry.
-    expected: ConsumerSequence,
+    /// Rule **gap** over the current consumer's deliveries.
+    tracker: DeliveryTracker,
     inactive_threshold: Duration,
     current: Option<consumer::PullConsumer>,
 }
@@ -438,10 +440,24 @@ impl Reader {
             ),
             serial: 0,
             next: start,
-            expected: ConsumerSequence(1),
+            tracker: DeliveryTracker::after_reread(ConsumerSequence(0)),
             inactive_threshold: settings.reread_inactive_threshold,
             current: None,
         })
+    }
+
+    /// Pulls again after the message stream ended: from the same durable consumer, or from a
+    /// new ephemeral one (an ephemeral consumer is only ever read once).
+    async fn resume(
+        &mut self,
+        stream: &jetstream::stream::Stream,
+        kind: Kind,
+        policy: &BatchPolicy,
+    ) -> Result<consumer::pull::Stream, ConsumeError> {
+        match self {
+            Reader::Durable { consumer, .. } => open_messages(consumer, kind, policy).await,
+            Reader::Positioned(_) => self.open(stream, kind, policy).await,
+        }
     }
 
     /// Opens the message stream: the durable consumer declared again, or a new ephemeral
@@ -493,7 +509,7 @@ impl Reader {
                         RetryError::Cancelled => "cancelled".into(),
                     },
                 })?;
-                reader.expected = ConsumerSequence(1);
+                reader.tracker = DeliveryTracker::after_reread(ConsumerSequence(0));
                 let messages = open_messages(&consumer, kind, policy).await;
                 reader.current = Some(consumer);
                 messages
@@ -512,12 +528,11 @@ impl Reader {
             // Settling logs and skips it; it does not move the position.
             return true;
         };
-        if delivery.consumer_sequence != reader.expected {
-            tracing::warn!(kind = %kind, expected = reader.expected.0, delivered = delivery.consumer_sequence.0, next = reader.next.0, "deliveries skipped a consumer sequence; reading again from the next stream sequence");
-            events::delivery_gap(kind, reader.expected.0);
+        if let Some(missing) = reader.tracker.observe(delivery.consumer_sequence) {
+            tracing::warn!(kind = %kind, missing = missing.0, delivered = delivery.consumer_sequence.0, next = reader.next.0, "deliveries skipped a consumer sequence; reading again from the next stream sequence");
+            events::delivery_gap(kind, missing.0);
             return false;
         }
-        reader.expected = ConsumerSequence(reader.expected.0 + 1);
         reader.next = StreamSequence(delivery.stream_sequence.0 + 1);
         true
     }
@@ -546,10 +561,7 @@ async fn collect_batches(
     let ack_wait = reader.acks().then_some(context.settings.consumer.ack_wait);
     let intake = context.shutdown.intake();
     let mut batch = Batch::new(incarnation_of(&stream));
-    let mut messages = match &reader {
-        Reader::Durable { consumer, .. } => open_messages(consumer, kind, &policy).await?,
-        Reader::Positioned(_) => reader.open(&stream, kind, &policy).await?,
-    };
+    let mut messages = reader.resume(&stream, kind, &policy).await?;
     loop {
         let deadline = batch.deadline(&policy);
         tokio::select! {
@@ -594,10 +606,7 @@ async fn collect_batches(
                     tracing::warn!(kind = %kind, "pull stream ended; reopening");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     drop(messages);
-                    messages = match &reader {
-                        Reader::Durable { consumer, .. } => open_messages(consumer, kind, &policy).await?,
-                        Reader::Positioned(_) => reader.open(&stream, kind, &policy).await?,
-                    };
+                    messages = reader.resume(&stream, kind, &policy).await?;
                 }
             }
         }

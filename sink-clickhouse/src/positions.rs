@@ -31,11 +31,10 @@ use crate::delivery::{Incarnation, StreamSequence};
 pub const POSITION_BUCKET: &str = "nomadwave_sink_positions";
 
 /// Where a sink keeps its read positions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PositionMode {
     /// A durable consumer with `AckPolicy::All`: nats-server tracks every delivery until the
     /// batch's ack (the default; partitioned sinks need it).
-    #[default]
     Acks,
     /// An ephemeral `AckPolicy::None` consumer; the table decides what is written and a KV
     /// record says where to resume (unpartitioned sinks only).
