@@ -20,7 +20,7 @@ use schema::Kind;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::batch::{settle_batch, Batch, Delivery, Settlement};
+use crate::batch::{settle_batch, Batch, Delivery, ProgressAcks, Settlement};
 use crate::config::{BatchPolicy, ConsumerSettings, SinkSettings};
 use crate::database::{Database, DatabaseError};
 use crate::delivery::{
@@ -688,8 +688,8 @@ async fn hand_off(
         .unwrap_or(Kind::Wave);
     let sent = match ack_wait {
         Some(ack_wait) => {
-            let messages = batch.messages.clone();
-            crate::batch::keep_alive(batches.send(batch), &messages, ack_wait).await
+            let progress = ProgressAcks::of(&batch.messages);
+            crate::batch::keep_alive(batches.send(batch), progress.as_ref(), ack_wait).await
         }
         None => batches.send(batch).await,
     };
