@@ -5,17 +5,22 @@
 //! `NATS_URL`, `CLICKHOUSE_URL` and `MQTT_URL` name: see [`servers`]):
 //! 1. raw JetStream consume of a pre-filled `WAVE` stream by a pull consumer;
 //! 2. raw ClickHouse insert of the same events as the sink's own rows;
+//!    2c. both at once: the raw consume feeding the raw insert, nothing in between (the
+//!    ceiling of any reader on this machine, see [`ceiling`]);
 //! 3. the sink (release binary, defaults) draining the same stream;
 //! 4. the sink's peak RSS after that drain and after a larger one;
 //! 5. publish → visible latency at a steady rate while the sink runs;
-//! 6. the bridge against mosquitto's delivery rate to a plain QoS 1 subscriber.
+//! 6. the bridge against mosquitto's delivery rate to a plain QoS 1 subscriber, raw JetStream
+//!    publishing at the bridge's window, and both at once (a subscriber republishing ready
+//!    events: the ceiling of any bridge on this machine).
 //!
 //! Layout: [`stream`] (JetStream fill and raw consume), [`warehouse`] (ClickHouse raw insert
-//! and polling), [`sink`] (sink drain and latency), [`mqtt`] (broker and bridge), [`procs`]
+//! and polling), [`ceiling`] (both at once), [`sink`] (sink drain and latency), [`mqtt`] (broker and bridge), [`procs`]
 //! (child processes, `/proc` memory and CPU), [`servers`] (local or external servers),
 //! [`machine`], [`report`].
 //! Not part of the test command: run it with `cargo run --release -p bench`.
 
+pub mod ceiling;
 pub mod machine;
 pub mod mqtt;
 pub mod procs;
@@ -560,7 +565,6 @@ async fn sink_side(
         let meter = procs::CpuMeter::start(&[ch_watch.clone(), bench_watch.clone()]);
         let inserted = warehouse::raw_insert(&ch_url, database, &rows, plan.insert_batch).await?;
         let cpu = meter.finish();
-        drop(rows);
         tracing::info!(
             seconds = inserted.seconds,
             rate = (inserted.rows as f64 / inserted.seconds) as u64,
@@ -568,6 +572,29 @@ async fn sink_side(
             "raw insert"
         );
         results.raw_insert = Some((inserted, cpu));
+
+        warehouse::drop_database(&ch_url, database).await?;
+        warehouse::migrate(&ch_url, database).await?;
+        warehouse::wait_for_merges(&ch_url, merges_of, Duration::from_secs(60)).await;
+        let meter =
+            procs::CpuMeter::start(&[nats_watch.clone(), ch_watch.clone(), bench_watch.clone()]);
+        let piped = ceiling::raw_pipeline(
+            &jetstream,
+            &ch_url,
+            database,
+            std::sync::Arc::new(rows),
+            plan.pull_batch,
+            plan.insert_batch,
+        )
+        .await?;
+        let cpu = meter.finish();
+        tracing::info!(
+            seconds = piped.seconds,
+            rate = (piped.rows as f64 / piped.seconds) as u64,
+            cpu = %cpu.summary(),
+            "raw consume feeding raw insert"
+        );
+        results.raw_pipeline = Some((piped, cpu));
         warehouse::drop_database(&ch_url, database).await?;
     } else {
         drop(filled);
@@ -763,6 +790,7 @@ async fn bridge_side(
     let (client, jetstream) = connect_nats(&nats, sides.external_nats, machine).await?;
 
     mqtt::create_session(&broker, mqtt::PLAIN_CLIENT, &[mqtt::WAVE_TOPICS]).await?;
+    mqtt::create_session(&broker, mqtt::PIPE_CLIENT, &[mqtt::WAVE_TOPICS]).await?;
     mqtt::create_session(&broker, mqtt::BRIDGE_CLIENT, &mqtt::BRIDGE_TOPICS).await?;
     tracing::info!(
         messages = plan.bridge_messages,
@@ -789,7 +817,7 @@ async fn bridge_side(
 
     // The JetStream half of the bridge's work alone: the same kind of events, as many acks
     // outstanding as the bridge allows (its default --in-flight).
-    let events = stream::bridge_events(plan.bridge_messages)?;
+    let events = stream::bridge_events(plan.bridge_messages, 2020)?;
     let window = bridge_in_flight(&plan.bridge_env);
     let meter = procs::CpuMeter::start(&[nats_watch.clone(), bench_watch.clone()]);
     let published = stream::raw_publish(&jetstream, events, window).await?;
@@ -801,6 +829,31 @@ async fn bridge_side(
         "raw JetStream publish at the bridge's in-flight"
     );
     results.raw_publish = Some((published.events, published.seconds, cpu, window));
+
+    // Both halves at once with nothing in between: the most any bridge reaches here.
+    let republish = mqtt::Republish {
+        jetstream: &jetstream,
+        events: stream::bridge_events(plan.bridge_messages, 2021)?,
+        window,
+    };
+    let republished = mqtt::republishing_subscriber(
+        &broker,
+        republish,
+        &[
+            mosquitto_watch.clone(),
+            nats_watch.clone(),
+            bench_watch.clone(),
+        ],
+        limit,
+    )
+    .await?;
+    tracing::info!(
+        seconds = republished.seconds,
+        rate = republished.rate() as u64,
+        cpu = %republished.cpu.summary(),
+        "mosquitto → republishing subscriber → JetStream"
+    );
+    results.republish = Some(republished);
 
     let base = stream::stream_messages(&jetstream).await?;
     let http_port = test_support::free_port();
@@ -851,7 +904,7 @@ async fn bridge_side(
     stop(&mut bridge).await;
     if mosquitto.is_external() {
         // Leave no persistent sessions queueing messages on someone else's broker.
-        for client_id in [mqtt::PLAIN_CLIENT, mqtt::BRIDGE_CLIENT] {
+        for client_id in [mqtt::PLAIN_CLIENT, mqtt::PIPE_CLIENT, mqtt::BRIDGE_CLIENT] {
             if let Err(error) = mqtt::clear_session(&broker, client_id).await {
                 tracing::warn!(client_id, error = %format!("{error:#}"), "cannot clear the benchmark's MQTT session");
             }

@@ -9,11 +9,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::future::IntoFuture as _;
+
 use anyhow::{bail, Context as _};
+use futures::stream::{FuturesUnordered, StreamExt as _};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::procs::{CpuMeter, CpuUsage, Program, Watched};
 use crate::servers::Broker;
+use crate::stream::ToPublish;
 
 /// The Pi buoys' topic filter.
 pub const WAVE_TOPICS: &str = "nomadwave/buoy/+/wave";
@@ -21,6 +25,8 @@ pub const WAVE_TOPICS: &str = "nomadwave/buoy/+/wave";
 pub const BRIDGE_TOPICS: [&str; 2] = ["nomadwave/buoy/+/wave", "rtl_433/+/events"];
 /// Client id of the plain subscriber.
 pub const PLAIN_CLIENT: &str = "bench-plain-subscriber";
+/// Client id of the subscriber that republishes to JetStream (6d).
+pub const PIPE_CLIENT: &str = "bench-republishing-subscriber";
 /// Client id the bridge runs with.
 pub const BRIDGE_CLIENT: &str = "bench-bridge";
 
@@ -200,20 +206,98 @@ pub async fn plain_subscriber(
     watched: &[Watched],
     limit: Duration,
 ) -> anyhow::Result<Delivered> {
+    subscribe(broker, PLAIN_CLIENT, messages, None, watched, limit).await
+}
+
+/// Events published to JetStream, one for each MQTT message received.
+pub struct Republish<'a> {
+    /// Where to.
+    pub jetstream: &'a async_nats::jetstream::Context,
+    /// One per message, ready to send (built before the clock starts).
+    pub events: Vec<ToPublish>,
+    /// Publish acks outstanding at most (the bridge's --in-flight).
+    pub window: usize,
+}
+
+/// The bridge's two halves at once with nothing in between: reconnects the session
+/// [`PIPE_CLIENT`] and, for each message received, publishes a ready event to JetStream with
+/// at most `republish.window` acks outstanding; timed until every event is stored. MQTT
+/// messages are acknowledged as they arrive, which a bridge may not do (it acks after the
+/// store), so this is an upper bound of what any bridge reaches on this machine.
+///
+/// # Errors
+///
+/// When a connection or a publish fails, or not everything is stored within `limit`.
+pub async fn republishing_subscriber(
+    broker: &Broker,
+    republish: Republish<'_>,
+    watched: &[Watched],
+    limit: Duration,
+) -> anyhow::Result<Delivered> {
+    let messages = republish.events.len() as u64;
+    subscribe(
+        broker,
+        PIPE_CLIENT,
+        messages,
+        Some(republish),
+        watched,
+        limit,
+    )
+    .await
+}
+
+async fn subscribe(
+    broker: &Broker,
+    client_id: &str,
+    messages: u64,
+    republish: Option<Republish<'_>>,
+    watched: &[Watched],
+    limit: Duration,
+) -> anyhow::Result<Delivered> {
     let meter = CpuMeter::start(watched);
     let started = Instant::now();
-    let (client, mut eventloop) = AsyncClient::new(options(broker, PLAIN_CLIENT), 16);
+    let (client, mut eventloop) = AsyncClient::new(options(broker, client_id), 16);
     let mut received = 0_u64;
+    let mut stored = 0_u64;
     let mut first: Option<Instant> = None;
+    let (jetstream, mut events, window) = match republish {
+        Some(republish) => (
+            Some(republish.jetstream),
+            republish.events.into_iter(),
+            republish.window.max(1),
+        ),
+        None => (None, Vec::new().into_iter(), 1),
+    };
+    let mut pending = FuturesUnordered::new();
     let receive = async {
-        while received < messages {
-            if let Event::Incoming(Packet::Publish(_)) = eventloop
-                .poll()
-                .await
-                .context("plain subscriber connection")?
-            {
-                first.get_or_insert_with(Instant::now);
-                received += 1;
+        while received < messages || !pending.is_empty() {
+            tokio::select! {
+                event = eventloop.poll(), if received < messages && pending.len() < window => {
+                    let Event::Incoming(Packet::Publish(_)) =
+                        event.context("MQTT subscriber connection")?
+                    else {
+                        continue;
+                    };
+                    first.get_or_insert_with(Instant::now);
+                    received += 1;
+                    let (Some(jetstream), Some(event)) = (jetstream, events.next()) else {
+                        continue;
+                    };
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
+                    let ack = jetstream
+                        .publish_with_headers(event.subject, headers, event.payload)
+                        .await
+                        .context("publishing to JetStream")?;
+                    pending.push(ack.into_future());
+                }
+                Some(ack) = pending.next() => {
+                    let ack = ack.context("waiting for a publish ack")?;
+                    if ack.duplicate {
+                        bail!("the stream already had an event of this run (sequence {})", ack.sequence);
+                    }
+                    stored += 1;
+                }
             }
         }
         anyhow::Ok(())
@@ -221,7 +305,7 @@ pub async fn plain_subscriber(
     tokio::time::timeout(limit, receive)
         .await
         .with_context(|| {
-            format!("the plain subscriber got {received} of {messages} messages within {limit:?}")
+            format!("{client_id} got {received} of {messages} messages ({stored} stored) within {limit:?}")
         })??;
     let done = Instant::now();
     let cpu = meter.finish();

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use crate::ceiling::Piped;
 use crate::mqtt::{Delivered, Queued};
 use crate::procs::CpuUsage;
 use crate::sink::{Drained, Latency};
@@ -33,6 +34,8 @@ pub struct Results {
     pub raw_consume: Vec<(AckMode, Consumed, CpuUsage)>,
     /// Raw ClickHouse insert.
     pub raw_insert: Option<(Inserted, CpuUsage)>,
+    /// Raw consume feeding raw insert, both at once.
+    pub raw_pipeline: Option<(Piped, CpuUsage)>,
     /// The sink's decode + row build of the same events on one thread: events, seconds.
     pub decode: Option<(u64, f64)>,
     /// The sink draining the throughput phases' events.
@@ -47,6 +50,8 @@ pub struct Results {
     pub plain: Option<Delivered>,
     /// Raw JetStream publish of bridge-like events at the bridge's in-flight: events, seconds, CPU.
     pub raw_publish: Option<(u64, f64, CpuUsage, usize)>,
+    /// Mosquitto → subscriber republishing ready events → JetStream, at the bridge's window.
+    pub republish: Option<Delivered>,
     /// Mosquitto → bridge → JetStream.
     pub bridge: Option<Delivered>,
     /// Phases that failed, with the error.
@@ -163,6 +168,26 @@ impl Results {
                 "",
             ]);
         }
+        let limit = self.raw_limit();
+        if let Some((piped, _)) = &self.raw_pipeline {
+            let rate = piped.rows as f64 / piped.seconds.max(1e-9);
+            let ratio = limit
+                .map(|(limit, which)| format!("{:.2} of min(1, 2) = {which}", rate / limit))
+                .unwrap_or_default();
+            row([
+                "2c",
+                &format!(
+                    "(1) feeding (2) at once: AckPolicy::None pull, one INSERT of ready rows per {} messages, nothing else (what any reader reaches on this machine; context)",
+                    thousands((piped.rows as f64 / piped.inserts.max(1) as f64).ceil())
+                ),
+                &thousands(piped.rows as f64),
+                &format!("{:.2}", piped.seconds),
+                &format!("{} rows/s", thousands(rate)),
+                &ratio,
+                "",
+                "",
+            ]);
+        }
         if let Some((events, seconds)) = self.decode {
             row([
                 "2b",
@@ -175,14 +200,20 @@ impl Results {
                 "",
             ]);
         }
-        let limit = self.raw_limit();
+        let ceiling = self
+            .raw_pipeline
+            .as_ref()
+            .map(|(piped, _)| piped.rows as f64 / piped.seconds.max(1e-9));
         for (number, drained) in [("3", &self.sink), ("3b", &self.sink_large)] {
             let Some(drained) = drained else { continue };
             let (ratio, target, met) = match limit {
                 Some((limit, which)) => {
                     let ratio = drained.rate() / limit;
+                    let of_ceiling = ceiling
+                        .map(|ceiling| format!("; {:.2} of (2c)", drained.rate() / ceiling))
+                        .unwrap_or_default();
                     (
-                        format!("{ratio:.2} of min(1, 2) = {which}"),
+                        format!("{ratio:.2} of min(1, 2) = {which}{of_ceiling}"),
                         format!("≥ {SINK_TARGET:.2}"),
                         verdict(ratio >= SINK_TARGET).to_owned(),
                     )
@@ -300,12 +331,40 @@ impl Results {
                 "",
             ]);
         }
+        let raw_publish_rate = self
+            .raw_publish
+            .as_ref()
+            .map(|(events, seconds, _, _)| *events as f64 / seconds.max(1e-9));
+        if let Some(republished) = &self.republish {
+            let ratio = raw_publish_rate
+                .map(|raw| format!("{:.2} of (6c)", republished.rate() / raw))
+                .unwrap_or_default();
+            row([
+                "6d",
+                "(6a) and (6c) at once: a subscriber publishing a ready event to JetStream per MQTT message, same window, nothing else (what any bridge reaches on this machine; context)",
+                &thousands(republished.messages as f64),
+                &format!("{:.2}", republished.seconds),
+                &format!("{} msg/s", thousands(republished.rate())),
+                &ratio,
+                "",
+                "",
+            ]);
+        }
         if let Some(bridge) = &self.bridge {
             let of_plain = self
                 .plain
                 .as_ref()
                 .map(|plain| format!("; {:.2} of (6a)", bridge.rate() / plain.rate()))
                 .unwrap_or_default();
+            let of_plain = match &self.republish {
+                Some(republished) => {
+                    format!(
+                        "{of_plain}; {:.2} of (6d)",
+                        bridge.rate() / republished.rate()
+                    )
+                }
+                None => of_plain,
+            };
             let (ratio, met) = match &self.raw_publish {
                 Some((events, seconds, _, _)) => {
                     let ratio = bridge.rate() / (*events as f64 / seconds.max(1e-9));
@@ -345,6 +404,9 @@ impl Results {
         if let Some((_, cpu)) = &self.raw_insert {
             phases.push(("raw insert".to_owned(), cpu));
         }
+        if let Some((_, cpu)) = &self.raw_pipeline {
+            phases.push(("raw consume feeding raw insert (2c)".to_owned(), cpu));
+        }
         if let Some(drained) = &self.sink {
             phases.push(("sink, smaller drain".to_owned(), &drained.cpu));
         }
@@ -359,6 +421,12 @@ impl Results {
         }
         if let Some((_, _, cpu, window)) = &self.raw_publish {
             phases.push((format!("raw JetStream publish, {window} in flight"), cpu));
+        }
+        if let Some(republished) = &self.republish {
+            phases.push((
+                "mosquitto → republishing subscriber → JetStream (6d)".to_owned(),
+                &republished.cpu,
+            ));
         }
         if let Some(bridge) = &self.bridge {
             phases.push(("mosquitto → bridge → JetStream".to_owned(), &bridge.cpu));

@@ -103,14 +103,18 @@ pub async fn fill(
     Ok(filled)
 }
 
-/// The bridge's events for the readings `edge-sim mqtt` sends, from a different start time
-/// (so their ids differ from the bridge's own): Pi-buoy payload → observation → event.
+/// The bridge's events for the readings `edge-sim mqtt` sends, from another start time than
+/// edge-sim's (so their ids differ from the bridge's own; each `start_year` gives other ids):
+/// Pi-buoy payload → observation → event.
 ///
 /// # Errors
 ///
 /// When a reading does not parse.
-pub fn bridge_events(count: u64) -> anyhow::Result<Vec<ToPublish>> {
-    let start = chrono::DateTime::from_timestamp(1_577_836_800, 0).context("start time")?;
+pub fn bridge_events(count: u64, start_year: i32) -> anyhow::Result<Vec<ToPublish>> {
+    let start = chrono::NaiveDate::from_ymd_opt(start_year, 1, 1)
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .map(|time| time.and_utc())
+        .context("start time")?;
     let ingested_at = chrono::Utc::now();
     (0..count)
         .map(|index| {

@@ -107,15 +107,7 @@ pub async fn raw_insert(
     let started = Instant::now();
     let mut inserts = 0_u64;
     for chunk in rows.chunks(batch.max(1)) {
-        let mut insert = client
-            .insert::<WaveRow>(TABLE)
-            .await
-            .context("starting an INSERT")?
-            .with_timeouts(Some(Duration::from_secs(60)), Some(Duration::from_secs(60)));
-        for row in chunk {
-            insert.write(row).await.context("writing a row")?;
-        }
-        insert.end().await.context("finishing an INSERT")?;
+        insert_rows(&client, chunk).await?;
         inserts += 1;
     }
     Ok(Inserted {
@@ -123,6 +115,23 @@ pub async fn raw_insert(
         inserts,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// One RowBinary INSERT of `rows` into the client's `wave_observations`.
+///
+/// # Errors
+///
+/// When ClickHouse refuses or does not answer within a minute.
+pub async fn insert_rows(client: &Client, rows: &[WaveRow]) -> anyhow::Result<()> {
+    let mut insert = client
+        .insert::<WaveRow>(TABLE)
+        .await
+        .context("starting an INSERT")?
+        .with_timeouts(Some(Duration::from_secs(60)), Some(Duration::from_secs(60)));
+    for row in rows {
+        insert.write(row).await.context("writing a row")?;
+    }
+    insert.end().await.context("finishing an INSERT")
 }
 
 /// Rows in `database.wave_observations`; 0 while the table does not exist yet.
