@@ -8,6 +8,10 @@
 //! They accept and refuse exactly what the derived impls did: unknown members are read and
 //! ignored, a missing required member or a second occurrence of one is an error, and an absent
 //! or `null` optional measurement is `None`.
+//!
+//! [`Event::decode`] first tries [`crate::encoded_layout`], a fast path for exactly the bytes
+//! [`Event::encode`] writes; the serde impls here still define what is accepted, and decode
+//! everything the fast path gives up on.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -18,6 +22,9 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
+use crate::encoded_layout::{
+    self, EVENT_ID_KEY, INGESTED_AT_KEY, KIND_KEY, SCHEMA_VERSION_KEY, SOURCE_KEY,
+};
 use crate::id::{ContentHasher, EventId};
 use crate::kind::Kind;
 use crate::members::{write_json_value, MemberValue, SkipValue, Timestamp, TimestampSeed};
@@ -118,29 +125,47 @@ impl<O: Observation> Event<O> {
     /// The member names are written as the literal bytes they escape to, which saves serde_json
     /// scanning each of them for characters to escape (a third of the encoding time); values
     /// still go through serde_json. The tests check the bytes against `serde_json::to_vec`.
+    /// [`Event::decode`]'s fast path reads this layout ([`crate::encoded_layout`]).
     pub fn encode(&self) -> Vec<u8> {
         let mut json = Vec::with_capacity(ENCODED_CAPACITY);
-        json.extend_from_slice(b"{\"schema_version\":");
+        json.extend_from_slice(SCHEMA_VERSION_KEY);
         write_json_value(&mut json, &self.schema_version);
-        json.extend_from_slice(b",\"kind\":");
+        json.extend_from_slice(KIND_KEY);
         write_json_value(&mut json, &self.kind);
-        json.extend_from_slice(b",\"event_id\":");
+        json.extend_from_slice(EVENT_ID_KEY);
         write_json_value(&mut json, &self.event_id);
-        json.extend_from_slice(b",\"source\":");
+        json.extend_from_slice(SOURCE_KEY);
         write_json_value(&mut json, &self.source);
-        json.extend_from_slice(b",\"ingested_at\":");
+        json.extend_from_slice(INGESTED_AT_KEY);
         self.ingested_at.write_json(&mut json);
         self.observation.write_members_json(&mut json);
-        json.push(b'}');
+        json.extend_from_slice(encoded_layout::END);
         json
     }
 
     /// Decodes and validates an event read from `O::KIND`'s stream.
     ///
+    /// Bytes laid out exactly as [`Event::encode`] writes them (nearly every message) are read
+    /// by a fast path without serde ([`crate::encoded_layout`]); everything else, including
+    /// whatever that path is unsure of, goes to the serde decoder, which defines what is
+    /// accepted. Either way the event gets the same checks, and the result, event or error, is
+    /// the one the serde decoder alone gives.
+    ///
     /// # Errors
     ///
     /// Returns a [`DecodeError`] naming why the bytes are not a valid event of this kind.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() <= MAX_EVENT_BYTES {
+            if let Some(event) = encoded_layout::read_event::<O>(bytes) {
+                return event.checked();
+            }
+        }
+        Self::decode_with_serde(bytes)
+    }
+
+    /// [`Event::decode`] without the fast path: serde_json and the typed visitors, whatever
+    /// the bytes.
+    pub(crate) fn decode_with_serde(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_EVENT_BYTES {
             return Err(DecodeError::TooLarge {
                 size: bytes.len(),
@@ -378,14 +403,14 @@ fn classify_undecodable(bytes: &[u8], error: serde_json::Error) -> DecodeError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use chrono::TimeZone;
     use proptest::prelude::*;
 
     use super::*;
     use crate::{CarbonIntensity, WaveObservation, WeatherObservation};
 
-    pub(super) fn wave(height: f64) -> WaveObservation {
+    pub(crate) fn wave(height: f64) -> WaveObservation {
         WaveObservation {
             site: "Cape Sorell".into(),
             observed_at: Utc.with_ymd_and_hms(2025, 5, 5, 1, 30, 0).unwrap(),
@@ -590,7 +615,7 @@ mod tests {
 /// The hand-written serde impls against the derived ones they replaced (`#[serde(flatten)]`),
 /// kept here as the reference: same bytes out, same events and the same rejection reasons in.
 #[cfg(test)]
-mod flatten_equivalence_tests {
+pub(crate) mod flatten_equivalence_tests {
     use chrono::TimeZone;
     use proptest::prelude::*;
     use proptest::sample::{select, Index};
@@ -813,7 +838,7 @@ mod flatten_equivalence_tests {
     }
 
     prop_compose! {
-        fn any_time()(
+        pub(crate) fn any_time()(
             seconds in -62_000_000_000_i64..253_000_000_000,
             nanos in prop_oneof![Just(0_u32), 0_u32..1_000_000_000, (0_u32..1000).prop_map(|n| n * 1_000_000)],
         ) -> DateTime<Utc> {
@@ -822,13 +847,13 @@ mod flatten_equivalence_tests {
     }
 
     prop_compose! {
-        fn any_measurement()(value in proptest::option::of(prop_oneof![-1e6_f64..1e6, Just(-0.0), Just(0.0)])) -> Option<f64> {
+        pub(crate) fn any_measurement()(value in proptest::option::of(prop_oneof![-1e6_f64..1e6, Just(-0.0), Just(0.0)])) -> Option<f64> {
             value
         }
     }
 
     prop_compose! {
-        fn any_wave()(
+        pub(crate) fn any_wave()(
             site in "\\PC{1,12}",
             observed_at in any_time(),
             values in proptest::collection::vec(any_measurement(), 8),
@@ -849,7 +874,7 @@ mod flatten_equivalence_tests {
     }
 
     prop_compose! {
-        fn any_weather()(
+        pub(crate) fn any_weather()(
             site in "\\PC{1,12}",
             observed_at in any_time(),
             values in proptest::collection::vec(any_measurement(), 8),
@@ -870,7 +895,7 @@ mod flatten_equivalence_tests {
     }
 
     prop_compose! {
-        fn any_carbon()(
+        pub(crate) fn any_carbon()(
             zone in "\\PC{1,12}",
             observed_at in any_time(),
             intensity in -10.0_f64..4000.0,

@@ -9,12 +9,15 @@
 //! - [`observation`]: the measurement types ([`WaveObservation`], [`WeatherObservation`],
 //!   [`CarbonIntensity`]) and their validation;
 //! - [`event`]: the envelope ([`Event`]) with schema version, source, ingest time and id;
+//! - [`encoded_layout`]: the fast path of [`Event::decode`] for the bytes [`Event::encode`]
+//!   writes;
 //! - [`id`]: the deterministic [`EventId`];
 //! - [`members`]: how an observation's members sit in the flat event object;
 //! - [`timestamp`]: the fast path for reading and writing RFC 3339 UTC times;
 //! - [`dead_letter`]: header names used when a message is dead-lettered.
 
 pub mod dead_letter;
+pub mod encoded_layout;
 pub mod event;
 pub mod id;
 pub mod kind;

@@ -6,6 +6,11 @@
 //! [`Event`](crate::Event)'s serde impls read the object once and hand each observation member
 //! to [`ObservationMembers::read_member`]; the crate's `observation_members!` macro writes that
 //! impl from the observation's struct definition, so the field list exists once per kind.
+//!
+//! The same macro writes [`ObservationMembers::read_encoded_members`], the observation's part of
+//! the fast path for bytes laid out as [`Event::encode`](crate::Event::encode) writes them (see
+//! [`crate::encoded_layout`]): each member type says through `MemberValue::read_encoded` how
+//! it reads its value in that form.
 
 use std::fmt;
 
@@ -14,6 +19,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::encoded_layout::LayoutCursor;
 use crate::timestamp;
 
 /// How an observation's members are written into, and picked out of, an event's JSON object.
@@ -60,6 +66,11 @@ pub trait ObservationMembers: Sized {
     ///
     /// serde's "missing field" error for the first required member that was absent.
     fn finish<E: de::Error>(partial: Self::Partial) -> Result<Self, E>;
+
+    /// Reads every member as [`ObservationMembers::write_members_json`] writes them (in
+    /// declaration order, each preceded by a comma), or gives up with `None` at the first
+    /// deviation; the caller then decodes the whole event with serde.
+    fn read_encoded_members(cursor: &mut LayoutCursor<'_>) -> Option<Self>;
 }
 
 /// Defines an observation struct and implements [`ObservationMembers`] for it from the same
@@ -142,6 +153,21 @@ macro_rules! observation_members {
                         )*
                     })
                 }
+
+                fn read_encoded_members(
+                    cursor: &mut $crate::encoded_layout::LayoutCursor<'_>,
+                ) -> Option<Self> {
+                    // A struct expression evaluates its fields in the order written: the
+                    // declaration order, which is the wire order.
+                    Some($name {
+                        $(
+                            $field: {
+                                cursor.literal(concat!(",\"", stringify!($field), "\":").as_bytes())?;
+                                MemberValue::read_encoded(cursor)?
+                            },
+                        )*
+                    })
+                }
             }
         };
     };
@@ -176,6 +202,10 @@ pub(crate) trait MemberValue: Sized {
     ///
     /// serde's "missing field" error when the member is required.
     fn absent<E: de::Error>(name: &'static str) -> Result<Self, E>;
+
+    /// Reads the value in the form [`MemberValue::write_json`] writes it, as `read` would read
+    /// that text; `None` (give up) for any other text, which `read` then decides on.
+    fn read_encoded(cursor: &mut LayoutCursor<'_>) -> Option<Self>;
 }
 
 /// Reads a member's value into `slot`, refusing a second occurrence as serde's derive does.
@@ -210,9 +240,10 @@ pub(crate) fn read_once<'de, T, A: MapAccess<'de>>(
 }
 
 /// `MemberValue` for plain serde types: written and read by serde; `$absent` is what an absent
-/// member named `$name` becomes.
+/// member named `$name` becomes, and the [`LayoutCursor`] method `$read_encoded` reads a value
+/// in the encoded layout.
 macro_rules! serde_member_value {
-    ($name:ident => $absent:expr; $($type:ty),*) => {$(
+    ($name:ident => $absent:expr; $($type:ty => $read_encoded:path),*) => {$(
         impl MemberValue for $type {
             fn write<S: SerializeStruct>(
                 &self,
@@ -233,12 +264,20 @@ macro_rules! serde_member_value {
             fn absent<E: de::Error>($name: &'static str) -> Result<Self, E> {
                 $absent
             }
+
+            fn read_encoded(cursor: &mut LayoutCursor<'_>) -> Option<Self> {
+                $read_encoded(cursor)
+            }
         }
     )*};
 }
 
-serde_member_value!(name => Err(E::missing_field(name)); String, f64);
-serde_member_value!(_name => Ok(None); Option<f64>, Option<bool>);
+serde_member_value!(name => Err(E::missing_field(name));
+    String => LayoutCursor::owned_string,
+    f64 => LayoutCursor::number);
+serde_member_value!(_name => Ok(None);
+    Option<f64> => LayoutCursor::optional_number,
+    Option<bool> => LayoutCursor::optional_flag);
 
 impl MemberValue for DateTime<Utc> {
     fn write<S: SerializeStruct>(
@@ -268,6 +307,10 @@ impl MemberValue for DateTime<Utc> {
 
     fn absent<E: de::Error>(name: &'static str) -> Result<Self, E> {
         Err(E::missing_field(name))
+    }
+
+    fn read_encoded(cursor: &mut LayoutCursor<'_>) -> Option<Self> {
+        cursor.timestamp()
     }
 }
 
