@@ -560,7 +560,7 @@ async fn collect_batches(
     let policy = context.settings.batch;
     let ack_wait = reader.acks().then_some(context.settings.consumer.ack_wait);
     let intake = context.shutdown.intake();
-    let mut batch = Batch::new(incarnation_of(&stream));
+    let mut batch = Batch::new(incarnation_of(&stream), &policy);
     let mut messages = reader.resume(&stream, kind, &policy).await?;
     loop {
         let deadline = batch.deadline(&policy);
@@ -595,7 +595,7 @@ async fn collect_batches(
                         if incarnation != batch.incarnation {
                             tracing::warn!(kind = %kind, previous = %batch.incarnation, %incarnation, "the stream was recreated; its sequences start again under a new incarnation");
                             hand_off(batches, batch.take(), ack_wait).await?;
-                            batch = Batch::new(incarnation);
+                            batch = Batch::new(incarnation, &policy);
                             reader.restart_from_first();
                         }
                         drop(messages);

@@ -113,7 +113,7 @@ impl Recovery {
         let mut read = 0_u64;
         let mut failures = 0_u32;
         let mut reader = None;
-        let mut batch = Batch::new(incarnation);
+        let mut batch = Batch::new(incarnation, &policy);
         while next <= last {
             let recovery_error = |source: async_nats::Error| ConsumeError::Recovery {
                 stream: kind.stream_name(),
