@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use ingest_wave::Cli;
 
+#[global_allocator]
+static ALLOCATOR: runtime::Allocator = runtime::Allocator;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

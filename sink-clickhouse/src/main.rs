@@ -5,10 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use sink_clickhouse::Cli;
 
-// mimalloc: fewer instructions per allocation than glibc's malloc on the per-message path
-// (measured in BENCHMARKS.md), and no per-thread arena growth.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: runtime::Allocator = runtime::Allocator;
 
 fn main() -> ExitCode {
     // A Nomad dispatch passes optional meta it was not given as empty variables; they mean
