@@ -9,12 +9,11 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
-use schema::Kind;
 use sink_clickhouse::rows::WaveRow;
 use tokio::sync::mpsc;
 
@@ -49,10 +48,7 @@ pub async fn raw_pipeline(
 ) -> anyhow::Result<Piped> {
     let name = "bench-pipeline";
     let count = rows.len() as u64;
-    let stream = jetstream
-        .get_stream(Kind::Wave.stream_name())
-        .await
-        .context("reading the WAVE stream")?;
+    let stream = crate::stream::wave_stream(jetstream).await?;
     let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some(name.to_owned()),
@@ -74,14 +70,7 @@ pub async fn raw_pipeline(
         }
         anyhow::Ok(inserts)
     });
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(pull_batch)
-        .expires(Duration::from_secs(30))
-        .heartbeat(Duration::from_secs(5))
-        .messages()
-        .await
-        .context("starting the pull")?;
+    let mut messages = crate::stream::pull(&consumer, pull_batch).await?;
     let step = insert_batch.max(1) as u64;
     let mut read = 0_u64;
     let mut cut = 0_u64;

@@ -229,16 +229,27 @@ fn settle(
     Ok(())
 }
 
+/// The `WAVE` stream every phase reads and writes.
+///
+/// # Errors
+///
+/// When the stream cannot be read.
+pub async fn wave_stream(
+    jetstream: &jetstream::Context,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    jetstream
+        .get_stream(Kind::Wave.stream_name())
+        .await
+        .context("reading the WAVE stream")
+}
+
 /// Messages in the `WAVE` stream now.
 ///
 /// # Errors
 ///
 /// When the stream cannot be read.
 pub async fn stream_messages(jetstream: &jetstream::Context) -> anyhow::Result<u64> {
-    let stream = jetstream
-        .get_stream(Kind::Wave.stream_name())
-        .await
-        .context("reading the WAVE stream")?;
+    let stream = wave_stream(jetstream).await?;
     let info = stream.get_info().await.context("reading WAVE's info")?;
     Ok(info.state.messages)
 }
@@ -289,6 +300,25 @@ pub struct Consumed {
     pub seconds: f64,
 }
 
+/// The messages of `consumer`, `batch` per pull request (the raw consumers' one setting).
+///
+/// # Errors
+///
+/// When the first pull request fails.
+pub async fn pull(
+    consumer: &consumer::PullConsumer,
+    batch: usize,
+) -> anyhow::Result<consumer::pull::Stream> {
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .expires(Duration::from_secs(30))
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .context("starting the pull")
+}
+
 /// Reads the first `count` messages of `WAVE` with a new durable pull consumer, pulling
 /// `batch` messages per request, acknowledging as `mode` says and doing nothing else.
 ///
@@ -303,10 +333,7 @@ pub async fn raw_consume(
     mode: AckMode,
     filter_subject: Option<String>,
 ) -> anyhow::Result<Consumed> {
-    let stream = jetstream
-        .get_stream(Kind::Wave.stream_name())
-        .await
-        .context("reading the WAVE stream")?;
+    let stream = wave_stream(jetstream).await?;
     let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some(name.to_owned()),
@@ -321,14 +348,7 @@ pub async fn raw_consume(
         .await
         .with_context(|| format!("creating consumer {name}"))?;
     let started = Instant::now();
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .expires(Duration::from_secs(30))
-        .heartbeat(Duration::from_secs(5))
-        .messages()
-        .await
-        .context("starting the pull")?;
+    let mut messages = pull(&consumer, batch).await?;
     let mut read = 0_u64;
     let mut bytes = 0_u64;
     let mut unacked = Vec::new();

@@ -360,7 +360,9 @@ mod tests {
     use proptest::sample::{select, Index};
 
     use super::*;
-    use crate::event::flatten_equivalence_tests::{any_carbon, any_time, any_wave, any_weather};
+    use crate::event::flatten_equivalence_tests::{
+        self, any_carbon, any_time, any_wave, any_weather, wave_with_measurements,
+    };
     use crate::event::tests::wave;
     use crate::event::DecodeError;
     use crate::members::ObservationMembers;
@@ -396,14 +398,10 @@ mod tests {
     }
 
     fn error_chain(error: &DecodeError) -> String {
-        let mut text = format!("{error:?}");
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        format!(
+            "{error:?} / {}",
+            flatten_equivalence_tests::error_chain(error)
+        )
     }
 
     /// Whether serde_json escapes a character of `text`.
@@ -739,17 +737,8 @@ mod tests {
             values in proptest::collection::vec(proptest::option::of(any_finite()), 8),
             intensity in any_finite(),
         ) {
-            let observation = WaveObservation {
-                wave_height_m: values[0],
-                wave_height_max_m: values[1],
-                peak_period_s: values[2],
-                mean_period_s: values[3],
-                wave_direction_deg: values[4],
-                sea_temp_c: values[5],
-                lat: values[6],
-                lon: values[7],
-                ..wave(1.0)
-            };
+            let base = wave(1.0);
+            let observation = wave_with_measurements(base.site, base.observed_at, &values);
             assert_fast_round_trip(&Event::new("imos", observation, ingested()));
             let carbon = CarbonIntensity { carbon_intensity_g_per_kwh: intensity, ..carbon(None) };
             assert_fast_round_trip(&Event::new("em", carbon, ingested()));

@@ -826,7 +826,8 @@ pub(crate) mod flatten_equivalence_tests {
         }
     }
 
-    fn error_chain(error: &DecodeError) -> String {
+    /// The error's message followed by each of its sources'.
+    pub(crate) fn error_chain(error: &DecodeError) -> String {
         let mut text = error.to_string();
         let mut source = std::error::Error::source(error);
         while let Some(cause) = source {
@@ -852,24 +853,34 @@ pub(crate) mod flatten_equivalence_tests {
         }
     }
 
+    /// A wave observation whose eight measurements, in declaration order, are `values`.
+    pub(crate) fn wave_with_measurements(
+        site: String,
+        observed_at: DateTime<Utc>,
+        values: &[Option<f64>],
+    ) -> WaveObservation {
+        let value = |index: usize| values.get(index).copied().flatten();
+        WaveObservation {
+            site,
+            observed_at,
+            wave_height_m: value(0),
+            wave_height_max_m: value(1),
+            peak_period_s: value(2),
+            mean_period_s: value(3),
+            wave_direction_deg: value(4),
+            sea_temp_c: value(5),
+            lat: value(6),
+            lon: value(7),
+        }
+    }
+
     prop_compose! {
         pub(crate) fn any_wave()(
             site in "\\PC{1,12}",
             observed_at in any_time(),
             values in proptest::collection::vec(any_measurement(), 8),
         ) -> WaveObservation {
-            WaveObservation {
-                site,
-                observed_at,
-                wave_height_m: values[0],
-                wave_height_max_m: values[1],
-                peak_period_s: values[2],
-                mean_period_s: values[3],
-                wave_direction_deg: values[4],
-                sea_temp_c: values[5],
-                lat: values[6],
-                lon: values[7],
-            }
+            wave_with_measurements(site, observed_at, &values)
         }
     }
 
