@@ -11,7 +11,7 @@
 //! `read_event` instead walks the bytes once with a [`LayoutCursor`], matching every member
 //! name with its punctuation as one literal and reading each value in place, and allocates only
 //! the `String`s the event owns: about 4,700 instructions, validation included (the
-//! `print_decode_cost` measurement in the tests).
+//! `print_decode_cost` test, with `DECODE_COST_EVENTS=200000`).
 //!
 //! The serde decoder stays the definition of what an event is. The fast path gives up
 //! (returns `None`) on any deviation from the layout: another member order, whitespace, an
@@ -1045,19 +1045,27 @@ mod tests {
         Event::new("edge-sim", observation, ingested_at).encode()
     }
 
-    /// Prints the cost of decoding synthetic wave events through `Event::decode` (fast path)
-    /// and through the serde decoder alone: once over `DECODE_COST_EVENTS` (200,000) distinct
-    /// payloads, as the sink meets them (each one new to the caches), and once as many decodes
-    /// of the first 1,000 payloads over and over (in cache: the CPU cost alone).
-    /// `DECODE_COST_PATHS` names the paths measured (`fast,serde`; empty for none, to measure
-    /// the setup alone under callgrind).
+    /// Checks that synthetic wave events (edge-sim's shape) all take the fast path and decode
+    /// as serde decodes them, then prints the cost of decoding them through `Event::decode`
+    /// (fast path) and through the serde decoder alone: once over `DECODE_COST_EVENTS`
+    /// distinct payloads (2,000 unless given; the measurement uses 200,000), as the sink
+    /// meets them (each one new to the caches), and once as many decodes of the first 1,000
+    /// over and over (in cache: the CPU cost alone). `DECODE_COST_PATHS` names the paths
+    /// timed (`fast,serde`; empty for none, to measure the setup alone under callgrind).
+    /// The measurement: `DECODE_COST_EVENTS=200000 cargo test -p schema --release --lib --
+    /// --nocapture print_decode_cost`.
     #[test]
-    #[ignore = "a measurement: cargo test -p schema --release --lib -- --ignored --nocapture print_decode_cost"]
     fn print_decode_cost() {
         let count: usize =
-            std::env::var("DECODE_COST_EVENTS").map_or(200_000, |count| count.parse().unwrap());
+            std::env::var("DECODE_COST_EVENTS").map_or(2_000, |count| count.parse().unwrap());
         let paths = std::env::var("DECODE_COST_PATHS").unwrap_or_else(|_| "fast,serde".into());
         let payloads: Vec<Vec<u8>> = (0..count as u64).map(synthetic_wave).collect();
+        for payload in payloads.iter().take(2_000) {
+            let fast = read_event::<WaveObservation>(payload).expect("takes the fast path");
+            let serde = Event::<WaveObservation>::decode_with_serde(payload).unwrap();
+            assert_eq!(fast, serde);
+            assert_eq!(fast.encode(), *payload);
+        }
         let bytes: usize = payloads.iter().map(Vec::len).sum();
         println!(
             "{count} synthetic wave events, {} bytes on average",
