@@ -119,12 +119,16 @@ pub struct Batch {
 impl Batch {
     /// An empty batch of `incarnation` that will hold up to `policy.max_rows` messages.
     pub fn new(incarnation: Incarnation, policy: &BatchPolicy) -> Batch {
+        Batch::empty(incarnation, policy.max_rows)
+    }
+
+    fn empty(incarnation: Incarnation, expected_rows: usize) -> Batch {
         Batch {
             messages: Vec::new(),
             deliveries: Vec::new(),
             bytes: 0,
             started: None,
-            expected_rows: policy.max_rows,
+            expected_rows,
             incarnation,
         }
     }
@@ -160,15 +164,7 @@ impl Batch {
 
     /// Takes the batch, leaving an empty one of the same incarnation.
     pub fn take(&mut self) -> Batch {
-        let empty = Batch {
-            messages: Vec::new(),
-            deliveries: Vec::new(),
-            bytes: 0,
-            started: None,
-            expected_rows: self.expected_rows,
-            incarnation: self.incarnation,
-        };
-        std::mem::replace(self, empty)
+        std::mem::replace(self, Batch::empty(self.incarnation, self.expected_rows))
     }
 }
 
@@ -269,10 +265,7 @@ pub async fn settle_batch<O: StoredObservation>(
     let write = writer::write_rows::<O>(&target, &rows, must_check);
     let outcome = match settlement.ack_mode {
         AckMode::Nothing => write.await,
-        _ => {
-            let progress = ProgressAcks::of(&batch.messages);
-            keep_alive(write, progress.as_ref(), context.settings.consumer.ack_wait).await
-        }
+        _ => keep_alive(write, &batch.messages, context.settings.consumer.ack_wait).await,
     }
     .map_err(|error| match error {
         RetryError::Failed(source) => ConsumeError::Database { kind, source },
@@ -314,52 +307,19 @@ pub async fn settle_batch<O: StoredObservation>(
     Ok(gap)
 }
 
-/// Where progress acks for a batch go: its messages' reply subjects and the connection to
-/// send them on. Taken from the messages before they are handed on, since cloning the
-/// messages themselves (each with its header map) cost the sink per message.
-pub struct ProgressAcks {
-    client: async_nats::Client,
-    replies: Vec<async_nats::Subject>,
-}
-
-impl ProgressAcks {
-    /// The reply subjects of `messages`; `None` for no message.
-    pub fn of(messages: &[jetstream::Message]) -> Option<ProgressAcks> {
-        let client = messages.first()?.context.client();
-        let replies = messages
-            .iter()
-            .filter_map(|message| message.reply.clone())
-            .collect();
-        Some(ProgressAcks { client, replies })
-    }
-
-    async fn send(&self) {
-        for reply in &self.replies {
-            // A lost progress ack only means an earlier redelivery, which the check absorbs.
-            let _ = self
-                .client
-                .publish(reply.clone(), bytes::Bytes::from(AckKind::Progress))
-                .await;
-        }
-    }
-}
-
-/// Runs `work` while sending progress acks for `progress`, so JetStream neither redelivers
-/// those messages nor counts them lost while an INSERT is retried.
+/// Runs `work` while sending progress acks for `messages`, so JetStream neither redelivers
+/// them nor counts them lost while an INSERT is retried.
 pub async fn keep_alive<T>(
     work: impl std::future::Future<Output = T>,
-    progress: Option<&ProgressAcks>,
+    messages: &[jetstream::Message],
     ack_wait: Duration,
 ) -> T {
-    let Some(progress) = progress else {
-        return work.await;
-    };
     tokio::pin!(work);
-    let mut ticker = progress_ticker(ack_wait);
+    let mut progress = progress_ticker(ack_wait);
     loop {
         tokio::select! {
             result = &mut work => return result,
-            _ = ticker.tick() => progress.send().await,
+            _ = progress.tick() => send_progress(messages).await,
         }
     }
 }
@@ -369,6 +329,13 @@ fn progress_ticker(ack_wait: Duration) -> tokio::time::Interval {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker
+}
+
+async fn send_progress(messages: &[jetstream::Message]) {
+    for message in messages {
+        // A lost progress ack only means an earlier redelivery, which the check absorbs.
+        let _ = message.ack_with(AckKind::Progress).await;
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use schema::Kind;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::batch::{settle_batch, Batch, Delivery, ProgressAcks, Settlement};
+use crate::batch::{settle_batch, Batch, Delivery, Settlement};
 use crate::config::{BatchPolicy, ConsumerSettings, SinkSettings};
 use crate::database::{Database, DatabaseError};
 use crate::delivery::{
@@ -686,15 +686,18 @@ async fn hand_off(
         .and_then(|message| message.info().ok())
         .and_then(|info| Kind::from_stream_name(info.stream))
         .unwrap_or(Kind::Wave);
-    let sent = match ack_wait {
+    // Room in the channel first, while the batch is still here to keep alive: handing it over
+    // then cannot wait.
+    let room = match ack_wait {
         Some(ack_wait) => {
-            let progress = ProgressAcks::of(&batch.messages);
-            crate::batch::keep_alive(batches.send(batch), progress.as_ref(), ack_wait).await
+            crate::batch::keep_alive(batches.reserve(), &batch.messages, ack_wait).await
         }
-        None => batches.send(batch).await,
+        None => batches.reserve().await,
     };
     // The writer stopped; its own error is reported by consume_stream.
-    sent.map_err(|_closed| ConsumeError::Interrupted { kind })
+    room.map_err(|_closed| ConsumeError::Interrupted { kind })?
+        .send(batch);
+    Ok(())
 }
 
 /// Settles batches in order. Under `AckPolicy::All` it also follows the consumer sequence of
