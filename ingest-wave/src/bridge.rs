@@ -471,11 +471,12 @@ async fn route(pipeline: &Pipeline, publish: &Publish) -> Option<Outcome> {
 /// The outgoing JetStream message of an observation.
 fn event<O: Observation>(source: &str, observation: O) -> Outgoing {
     let event = SchemaEvent::new(source, observation, Utc::now());
+    let (subject, payload) = (event.subject(), event.encode().into());
     Outgoing {
-        subject: event.subject(),
-        message_id: event.event_id.as_str().to_owned(),
+        subject,
+        message_id: event.event_id.into_string(),
         headers: async_nats::HeaderMap::new(),
-        payload: event.encode().into(),
+        payload,
     }
 }
 

@@ -24,6 +24,11 @@ impl EventId {
         &self.0
     }
 
+    /// The id as owned text, without copying it (a row stores the id it was decoded with).
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// The id an event's `event_id` member holds. Like the transparent serde impl, it takes any
     /// string: ids other producers computed are carried as they are, not checked.
     pub(crate) fn from_wire(id: String) -> EventId {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use runtime::provision::{ensure_pull_consumer, ensure_stream, event_stream_config};
 use runtime::retry::{retry, RetryError};
 use runtime::{ErrorClass, Health, RetryPolicy};
@@ -550,6 +550,10 @@ impl Reader {
     }
 }
 
+/// How many already-received messages `collect_batches` takes in a row before it looks at
+/// shutdown and the batch's age again: a few milliseconds of work.
+const READY_RUN: usize = 512;
+
 async fn collect_batches(
     context: &SinkContext,
     kind: Kind,
@@ -564,19 +568,28 @@ async fn collect_batches(
     let mut messages = reader.resume(&stream, kind, &policy).await?;
     loop {
         let deadline = batch.deadline(&policy);
-        tokio::select! {
+        let mut next = tokio::select! {
             biased;
             () = intake.cancelled() => break,
             () = sleep_until(deadline) => {
                 hand_off(batches, batch.take(), ack_wait).await?;
+                continue;
             }
-            next = messages.next() => match next {
+            next = messages.next() => next,
+        };
+        // Messages already received are taken without building the select again (its
+        // cancellation future and timer, made and dropped per message, cost the sink about
+        // 1,300 instructions per message under callgrind), up to READY_RUN of them: then the
+        // select sees a shutdown or a batch past its age bound again.
+        let mut taken = 0;
+        loop {
+            match next {
                 Some(Ok(message)) => {
                     let delivery = Delivery::of(&message);
                     if !reader.accepts(kind, delivery) {
                         drop(messages);
                         messages = reader.open(&stream, kind, &policy).await?;
-                        continue;
+                        break;
                     }
                     batch.push(message, delivery);
                     if batch.is_full(&policy) {
@@ -586,11 +599,21 @@ async fn collect_batches(
                 Some(Err(error)) => {
                     use consumer::pull::MessagesErrorKind as K;
                     tracing::warn!(kind = %kind, %error, "pull interrupted");
-                    if matches!(error.kind(), K::ConsumerDeleted | K::NoResponders | K::RequestLimitExceeded | K::MissingHeartbeat) {
+                    if matches!(
+                        error.kind(),
+                        K::ConsumerDeleted
+                            | K::NoResponders
+                            | K::RequestLimitExceeded
+                            | K::MissingHeartbeat
+                    ) {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         // The stream itself may have been deleted and recreated: provision
                         // again and cut the batch before messages of a new incarnation join it.
-                        stream = ensure_stream(&context.jetstream, event_stream_config(kind, &context.settings.streams)).await?;
+                        stream = ensure_stream(
+                            &context.jetstream,
+                            event_stream_config(kind, &context.settings.streams),
+                        )
+                        .await?;
                         let incarnation = incarnation_of(&stream);
                         if incarnation != batch.incarnation {
                             tracing::warn!(kind = %kind, previous = %batch.incarnation, %incarnation, "the stream was recreated; its sequences start again under a new incarnation");
@@ -601,13 +624,23 @@ async fn collect_batches(
                         drop(messages);
                         messages = reader.open(&stream, kind, &policy).await?;
                     }
+                    break;
                 }
                 None => {
                     tracing::warn!(kind = %kind, "pull stream ended; reopening");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     drop(messages);
                     messages = reader.resume(&stream, kind, &policy).await?;
+                    break;
                 }
+            }
+            taken += 1;
+            if taken == READY_RUN {
+                break;
+            }
+            match messages.next().now_or_never() {
+                Some(ready) => next = ready,
+                None => break,
             }
         }
     }

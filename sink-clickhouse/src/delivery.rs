@@ -13,7 +13,7 @@
 use std::fmt;
 
 use schema::Kind;
-use sha2::{Digest as _, Sha256};
+use twox_hash::XxHash3_128;
 
 /// A message's sequence in its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -311,6 +311,11 @@ pub fn overlapping_sink_consumers<'a>(
 /// `query_id` prefix and as `insert_deduplication_token`: a token that named only sequences
 /// would let a server drop an INSERT of other content at the same sequences (a recreated
 /// stream) as a repeat.
+///
+/// The hash is XXH3-128 (seed 0, a fixed specification, so every sink version and instance
+/// names the same rows alike), not a cryptographic one: its input is positions the server
+/// assigned and ids that already hash content, and it only has to tell batches of one
+/// stream range apart. SHA-256 here cost the sink about a tenth of its instructions per event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchIdentity(String);
 
@@ -321,23 +326,24 @@ impl BatchIdentity {
         incarnation: Incarnation,
         rows: impl IntoIterator<Item = (StreamSequence, &'a str)>,
     ) -> BatchIdentity {
-        let mut digest = Sha256::new();
-        digest.update(incarnation.0.to_be_bytes());
+        let mut content = XxHash3_128::new();
+        content.write(&incarnation.0.to_be_bytes());
         let mut range: Option<(u64, u64)> = None;
         for (sequence, event_id) in rows {
-            digest.update(sequence.0.to_be_bytes());
-            digest.update(event_id.as_bytes());
-            digest.update([0]);
+            content.write(&sequence.0.to_be_bytes());
+            content.write(event_id.as_bytes());
+            content.write(&[0]);
             range = Some(match range {
                 None => (sequence.0, sequence.0),
                 Some((first, last)) => (first.min(sequence.0), last.max(sequence.0)),
             });
         }
-        let hash = digest.finalize();
         let (first, last) = range.unwrap_or((0, 0));
-        let hex: String = hash[..8].iter().map(|byte| format!("{byte:02x}")).collect();
+        // 64 bits of the hash, as the SHA-256 prefix before it: the range already narrows
+        // which batches could ever be compared.
+        let hash = (content.finish_128() >> 64) as u64;
         BatchIdentity(format!(
-            "nomadwave-{}-{incarnation}-{first}-{last}-{hex}",
+            "nomadwave-{}-{incarnation}-{first}-{last}-{hash:016x}",
             kind.stream_name()
         ))
     }
