@@ -106,6 +106,10 @@ enum Attempt {
 pub struct HttpFetcher {
     client: reqwest::Client,
     limiter: Arc<DefaultDirectRateLimiter>,
+    /// The queue in front of `limiter`. Left to itself, governor wakes every waiting target at
+    /// the same instant and whichever runs first takes the slot, so one busy target can starve
+    /// the rest; tokio's mutex hands the turn over first come, first served.
+    queue: tokio::sync::Mutex<()>,
     feed: &'static str,
     max_retries: usize,
     retry_min_delay: Duration,
@@ -132,12 +136,20 @@ impl HttpFetcher {
         Ok(HttpFetcher {
             client,
             limiter: Arc::new(RateLimiter::direct(quota)),
+            queue: tokio::sync::Mutex::new(()),
             feed,
             max_retries: settings.max_retries,
             retry_min_delay: settings.retry_min_delay,
             retry_max_delay: settings.retry_max_delay,
             max_response_bytes: settings.max_response_bytes,
         })
+    }
+
+    /// Waits until this caller may send a request: behind every caller that asked earlier, then
+    /// for the limiter's next slot.
+    async fn wait_for_turn(&self) {
+        let _turn = self.queue.lock().await;
+        self.limiter.until_ready().await;
     }
 
     /// GETs `target`, retrying transient failures with exponential backoff and jitter (or the
@@ -162,7 +174,7 @@ impl HttpFetcher {
         let mut attempts = 0;
         loop {
             tokio::select! {
-                () = self.limiter.until_ready() => {}
+                () = self.wait_for_turn() => {}
                 () = shutdown.cancelled() => return Err(FetchError::Cancelled),
             }
             attempts += 1;
@@ -388,6 +400,61 @@ mod tests {
         assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
         headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers, now), None);
+    }
+
+    fn settings(max_requests_per_minute: u32) -> PollSettings {
+        PollSettings {
+            interval: Duration::from_secs(1),
+            site_intervals: std::collections::BTreeMap::new(),
+            request_timeout: Duration::from_secs(1),
+            max_requests_per_minute,
+            max_retries: 0,
+            retry_min_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_secs(1),
+            user_agent: "NomadWave-ingest/test".to_owned(),
+            ready_max_age: Duration::from_secs(60),
+            revision_window: Duration::from_secs(60),
+            max_clock_skew: Duration::from_secs(60),
+            max_response_bytes: 1 << 20,
+            cursor_bucket: "cursors".to_owned(),
+        }
+    }
+
+    /// Four targets that each ask for the next request as soon as they have sent one: every
+    /// one of them must get its turn, in the order they asked, not the quickest one every time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn targets_waiting_for_the_limiter_take_turns() {
+        const TARGETS: usize = 4;
+        const ROUNDS: usize = 3;
+        let fetcher = Arc::new(HttpFetcher::new("test", &settings(1200)).expect("client"));
+        // Spend the free slot so that every target below has to queue.
+        fetcher.wait_for_turn().await;
+        let turns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for target in 0..TARGETS {
+            let (fetcher, turns) = (Arc::clone(&fetcher), Arc::clone(&turns));
+            tasks.spawn(async move {
+                for _ in 0..ROUNDS {
+                    fetcher.wait_for_turn().await;
+                    turns.lock().expect("turns").push(target);
+                }
+            });
+            // Let each target queue before the next one starts.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.expect("a target task panicked");
+        }
+        let turns = turns.lock().expect("turns").clone();
+        for (round, window) in turns.chunks(TARGETS).enumerate() {
+            let mut targets = window.to_vec();
+            targets.sort_unstable();
+            assert_eq!(
+                targets,
+                (0..TARGETS).collect::<Vec<_>>(),
+                "round {round} did not give every target one turn: {turns:?}"
+            );
+        }
     }
 
     #[test]
