@@ -12,7 +12,8 @@
 //! - [`shutdown`]: the process-wide cancellation token fired by SIGINT/SIGTERM;
 //! - [`retry`]: named `backon` retry policies and the loop that logs and counts each retry;
 //! - [`config`]: the configuration error type and the exit codes every `main` uses;
-//! - [`Allocator`]: the allocator the binaries on a per-message path declare as global.
+//! - [`Allocator`]: the allocator the binaries on a per-message path declare as global, and
+//!   [`disable_transparent_huge_pages`], which the sink calls before its first batch.
 
 pub mod config;
 pub mod http;
@@ -30,6 +31,32 @@ pub mod telemetry;
 /// per-thread arenas growing (measured in BENCHMARKS.md). Each such `main` declares
 /// `#[global_allocator] static ALLOCATOR: runtime::Allocator = runtime::Allocator;`.
 pub use mimalloc::MiMalloc as Allocator;
+
+/// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), whatever
+/// the host's `/sys/kernel/mm/transparent_hugepage` setting and mimalloc's own
+/// `MADV_HUGEPAGE` advice say. The sink frees and refills batches of tens of megabytes; with
+/// huge pages every refault of a purged range zeroes a whole 2 MiB page, which cost it a
+/// quarter of its CPU time (BENCHMARKS.md, 2026-12-07). The flag is the process's own: it is
+/// checked at every page fault, so calling this early in `main` covers memory already mapped,
+/// and it changes nothing on the host.
+///
+/// # Errors
+///
+/// The `prctl` error (a kernel older than 3.15); the process then keeps the host's setting.
+#[cfg(target_os = "linux")]
+pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    nix::sys::prctl::set_thp_disable(true).map_err(std::io::Error::from)
+}
+
+/// Not Linux: there is no per-process switch, and nothing to do.
+///
+/// # Errors
+///
+/// Never.
+#[cfg(not(target_os = "linux"))]
+pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    Ok(())
+}
 
 pub use config::{
     exit_code, parse_duration, ConfigError, Secret, EXIT_BAD_CONFIG, EXIT_RUNTIME_FAILURE,

@@ -16,6 +16,10 @@ fn main() -> ExitCode {
     if let Err(error) = runtime::telemetry::init_tracing(&cli.log) {
         return runtime::exit_code(Err(error.into()));
     }
+    // Batches are freed and refilled all the time: small pages make that cheap.
+    if let Err(error) = runtime::disable_transparent_huge_pages() {
+        tracing::warn!(%error, "cannot turn transparent huge pages off; the host's setting applies");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => return runtime::exit_code(Err(error.into())),
