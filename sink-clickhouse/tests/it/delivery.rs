@@ -73,6 +73,14 @@ fn n_events_become_exactly_n_rows_with_values_intact() {
     ]
     .join("\t");
     assert_eq!(row, expected_row);
+
+    // The sink turned transparent huge pages off for itself (BENCHMARKS.md, 2026-12-07).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sink.child.id())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "THP_enabled in /proc/<sink>/status");
     drop(sink);
 }
 
