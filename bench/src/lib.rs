@@ -273,7 +273,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         external_nats: external_nats.as_ref(),
     };
 
-    let mut results = Results::default();
+    let mut results = Results {
+        sink_settings: plan
+            .sink_env
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        ..Results::default()
+    };
     let work = async {
         if plan.runs(Phase::Raw) || plan.runs(Phase::Sink) {
             let outcome = sink_side(&sides, &mut results, &mut machine).await;
@@ -676,6 +684,27 @@ async fn sink_side(
         );
         stream::fill(&jetstream, plan.events + latency_events, more, false).await?;
         let total = stream::stream_messages(&jetstream).await?;
+        if plan.runs(Phase::Raw) {
+            let meter = procs::CpuMeter::start(&[nats_watch.clone(), bench_watch.clone()]);
+            let consumed = stream::raw_consume(
+                &jetstream,
+                "bench-raw-large",
+                total,
+                plan.pull_batch,
+                AckMode::None,
+                plan.raw_filter.clone(),
+            )
+            .await?;
+            let cpu = meter.finish();
+            tracing::info!(
+                events = consumed.messages,
+                seconds = consumed.seconds,
+                rate = (consumed.messages as f64 / consumed.seconds) as u64,
+                cpu = %cpu.summary(),
+                "raw consume of the larger stream"
+            );
+            results.raw_consume_large = Some((consumed, cpu));
+        }
         warehouse::wait_for_merges(&ch_url, merges_of, Duration::from_secs(60)).await;
         let started = Instant::now();
         let mut sink = sink::start(&sink::SinkTarget {

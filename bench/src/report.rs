@@ -42,6 +42,11 @@ pub struct Results {
     pub sink: Option<Drained>,
     /// The sink draining the larger stream (second memory point).
     pub sink_large: Option<Drained>,
+    /// Raw JetStream consume (`AckPolicy::None`) of the whole larger stream, just before the
+    /// sink drains it: what nats-server delivers from a stream of that size.
+    pub raw_consume_large: Option<(Consumed, CpuUsage)>,
+    /// How the sink under measurement was configured: "defaults", or the `--sink-env` settings.
+    pub sink_settings: String,
     /// Publish → visible latency.
     pub latency: Option<Latency>,
     /// `edge-sim mqtt` queueing the bridge phase's messages.
@@ -111,6 +116,14 @@ impl Results {
             (Some(consume), Some(insert)) if consume <= insert => Some((consume, "(1)")),
             (Some(_), Some(insert)) => Some((insert, "(2)")),
             _ => None,
+        }
+    }
+
+    fn sink_settings_label(&self) -> &str {
+        if self.sink_settings.is_empty() {
+            "defaults"
+        } else {
+            &self.sink_settings
         }
     }
 
@@ -200,10 +213,39 @@ impl Results {
                 "",
             ]);
         }
+        if let Some((consumed, _)) = &self.raw_consume_large {
+            let rate = consumed.messages as f64 / consumed.seconds.max(1e-9);
+            let ratio = self
+                .raw_consume_rate()
+                .map(|small| format!("{:.2} × (1)", rate / small))
+                .unwrap_or_default();
+            row([
+                "1e",
+                "raw JetStream consume of the larger stream, AckPolicy::None, just before (3b) (context)",
+                &thousands(consumed.messages as f64),
+                &format!("{:.2}", consumed.seconds),
+                &format!(
+                    "{} ev/s ({:.0} MB/s)",
+                    thousands(rate),
+                    consumed.bytes as f64 / consumed.seconds.max(1e-9) / 1e6
+                ),
+                &ratio,
+                "",
+                "",
+            ]);
+        }
         let ceiling = self
             .raw_pipeline
             .as_ref()
             .map(|(piped, _)| piped.rows as f64 / piped.seconds.max(1e-9));
+        let large_consume = self
+            .raw_consume_large
+            .as_ref()
+            .map(|(consumed, _)| consumed.messages as f64 / consumed.seconds.max(1e-9));
+        let what = format!(
+            "sink-clickhouse run (release, {}) end to end: start → last row visible",
+            self.sink_settings_label()
+        );
         for (number, drained) in [("3", &self.sink), ("3b", &self.sink_large)] {
             let Some(drained) = drained else { continue };
             let (ratio, target, met) = match limit {
@@ -212,8 +254,12 @@ impl Results {
                     let of_ceiling = ceiling
                         .map(|ceiling| format!("; {:.2} of (2c)", drained.rate() / ceiling))
                         .unwrap_or_default();
+                    let of_large = match (number, large_consume) {
+                        ("3b", Some(large)) => format!("; {:.2} of (1e)", drained.rate() / large),
+                        _ => String::new(),
+                    };
                     (
-                        format!("{ratio:.2} of min(1, 2) = {which}{of_ceiling}"),
+                        format!("{ratio:.2} of min(1, 2) = {which}{of_ceiling}{of_large}"),
                         format!("≥ {SINK_TARGET:.2}"),
                         verdict(ratio >= SINK_TARGET).to_owned(),
                     )
@@ -222,7 +268,7 @@ impl Results {
             };
             row([
                 number,
-                "sink-clickhouse run (release, defaults) end to end: start → last row visible",
+                &what,
                 &thousands(drained.rows as f64),
                 &format!("{:.2}", drained.seconds),
                 &format!("{} rows/s", thousands(drained.rate())),
@@ -409,6 +455,12 @@ impl Results {
         }
         if let Some(drained) = &self.sink {
             phases.push(("sink, smaller drain".to_owned(), &drained.cpu));
+        }
+        if let Some((_, cpu)) = &self.raw_consume_large {
+            phases.push((
+                "raw consume of the larger stream, AckPolicy::None (1e)".to_owned(),
+                cpu,
+            ));
         }
         if let Some(drained) = &self.sink_large {
             phases.push(("sink, larger drain".to_owned(), &drained.cpu));
