@@ -96,12 +96,21 @@ fn verdict(met: bool) -> &'static str {
     }
 }
 
+/// A raw consume's rate cell: events and megabytes per second.
+fn consume_rate(consumed: &Consumed) -> String {
+    format!(
+        "{} ev/s ({:.0} MB/s)",
+        thousands(consumed.rate()),
+        consumed.bytes as f64 / consumed.seconds.max(1e-9) / 1e6
+    )
+}
+
 impl Results {
     fn raw_consume_rate(&self) -> Option<f64> {
         self.raw_consume
             .iter()
             .find(|(mode, _, _)| *mode == AckMode::None)
-            .map(|(_, consumed, _)| consumed.messages as f64 / consumed.seconds.max(1e-9))
+            .map(|(_, consumed, _)| consumed.rate())
     }
 
     fn raw_insert_rate(&self) -> Option<f64> {
@@ -145,7 +154,6 @@ impl Results {
         }
         for (index, (mode, consumed, _)) in self.raw_consume.iter().enumerate() {
             let number = ["1", "1b", "1c", "1d"].get(index).copied().unwrap_or("1+");
-            let rate = consumed.messages as f64 / consumed.seconds.max(1e-9);
             let what = if *mode == AckMode::None {
                 format!("raw JetStream consume: pull consumer, {}", mode.label())
             } else {
@@ -156,11 +164,7 @@ impl Results {
                 &what,
                 &thousands(consumed.messages as f64),
                 &format!("{:.2}", consumed.seconds),
-                &format!(
-                    "{} ev/s ({:.0} MB/s)",
-                    thousands(rate),
-                    consumed.bytes as f64 / consumed.seconds.max(1e-9) / 1e6
-                ),
+                &consume_rate(consumed),
                 "",
                 "",
                 "",
@@ -214,21 +218,16 @@ impl Results {
             ]);
         }
         if let Some((consumed, _)) = &self.raw_consume_large {
-            let rate = consumed.messages as f64 / consumed.seconds.max(1e-9);
             let ratio = self
                 .raw_consume_rate()
-                .map(|small| format!("{:.2} × (1)", rate / small))
+                .map(|small| format!("{:.2} × (1)", consumed.rate() / small))
                 .unwrap_or_default();
             row([
                 "1e",
                 "raw JetStream consume of the larger stream, AckPolicy::None, just before (3b) (context)",
                 &thousands(consumed.messages as f64),
                 &format!("{:.2}", consumed.seconds),
-                &format!(
-                    "{} ev/s ({:.0} MB/s)",
-                    thousands(rate),
-                    consumed.bytes as f64 / consumed.seconds.max(1e-9) / 1e6
-                ),
+                &consume_rate(consumed),
                 &ratio,
                 "",
                 "",
@@ -241,7 +240,7 @@ impl Results {
         let large_consume = self
             .raw_consume_large
             .as_ref()
-            .map(|(consumed, _)| consumed.messages as f64 / consumed.seconds.max(1e-9));
+            .map(|(consumed, _)| consumed.rate());
         let what = format!(
             "sink-clickhouse run (release, {}) end to end: start → last row visible",
             self.sink_settings_label()

@@ -300,6 +300,13 @@ pub struct Consumed {
     pub seconds: f64,
 }
 
+impl Consumed {
+    /// Messages per second.
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.seconds.max(1e-9)
+    }
+}
+
 /// The messages of `consumer`, `batch` per pull request (the raw consumers' one setting).
 ///
 /// # Errors
