@@ -72,6 +72,10 @@ impl Pipeline {
             // A SIGKILLed sink's lease lapses after 1.5 × 2 s, so restarts in tests wait little.
             .env("SINK_LEASE_TTL", "2s")
             .env("RUST_LOG", "info");
+        // The whole suite in the other reading mode: `NOMADWAVE_SINK_POSITIONS=table`.
+        if let Ok(mode) = std::env::var("NOMADWAVE_SINK_POSITIONS") {
+            command.env("SINK_POSITIONS", mode);
+        }
     }
 
     /// Starts the sink with `extra` flags after `run`.
