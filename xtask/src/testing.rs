@@ -1,5 +1,6 @@
 //! `cargo xtask test`: install, build every binary, run nextest on Debian's servers, then the
-//! delivery, fault and bridge tests again on a current nats-server.
+//! delivery, fault and bridge tests again on a current nats-server, then the sink's
+//! integration tests again with its sinks reading without acks.
 
 use std::process::ExitCode;
 
@@ -30,10 +31,12 @@ pub fn run_tests(nextest_args: &[String]) -> anyhow::Result<ExitCode> {
             .env("NOMADWAVE_EXPECT_NATS_VERSION", "2.9")
             .args(nextest_args),
     )?;
-    // Pass 2: the delivery, fault and bridge tests (and the version check) on a current
-    // nats-server. Skipped when the caller narrowed the run with its own arguments.
-    let current = if nextest_args.is_empty() {
-        Some(shell::run_status(
+    // Passes 2 and 3, skipped when the caller narrowed the run with its own arguments:
+    // the delivery, fault and bridge tests (and the version check) on a current nats-server;
+    // then the sink's integration tests with every sink reading without acks
+    // (`--positions table`) unless a test asks for acks itself.
+    let (current, table) = if nextest_args.is_empty() {
+        let current = shell::run_status(
             shell::cargo()
                 .args(["nextest", "run", "--no-fail-fast"])
                 .args(
@@ -46,11 +49,18 @@ pub fn run_tests(nextest_args: &[String]) -> anyhow::Result<ExitCode> {
                     "NOMADWAVE_EXPECT_NATS_VERSION",
                     current_servers::NATS_SERVER_RELEASE,
                 ),
-        )?)
+        )?;
+        let table = shell::run_status(
+            shell::cargo()
+                .args(["nextest", "run", "--no-fail-fast", "-p", "sink-clickhouse"])
+                .args(["-E", "binary(it)"])
+                .env("NOMADWAVE_SINK_POSITIONS", "table"),
+        )?;
+        (Some(current), Some(table))
     } else {
-        None
+        (None, None)
     };
-    let failed = [Some(everything), current]
+    let failed = [Some(everything), current, table]
         .into_iter()
         .flatten()
         .find(|status| !status.success());
@@ -62,9 +72,9 @@ pub fn run_tests(nextest_args: &[String]) -> anyhow::Result<ExitCode> {
             .filter(|code| *code != 0)
             .unwrap_or(1),
     };
-    if let Some(status) = current {
+    if let (Some(current), Some(table)) = (current, table) {
         outln!(
-            "test: pass on nats-server 2.9: {everything}; pass on nats-server {}: {status}",
+            "test: pass on nats-server 2.9: {everything}; pass on nats-server {}: {current}; sink tests reading without acks (--positions table): {table}",
             current_servers::NATS_SERVER_RELEASE
         );
     }

@@ -13,6 +13,9 @@ use crate::faults::assert_exact;
 use crate::{finish_publish, Pipeline, Sink};
 
 const FLAGS: &[&str] = &[
+    // Each test here also checks the durable consumer (crate::ACKS).
+    "--positions",
+    "acks",
     "--batch-rows",
     "5000",
     "--flush-interval",

@@ -21,7 +21,7 @@ use schema::{Event, Kind, WaveObservation};
 
 use crate::faults::{assert_exact, SMALL_BATCHES};
 use crate::partitions::mappings;
-use crate::{finish_publish, http_get, metric_value, Pipeline, Sink};
+use crate::{finish_publish, http_get, metric_value, Pipeline, Sink, ACKS};
 
 const WAVE: &str = "wave_observations";
 
@@ -445,7 +445,8 @@ fn replay_into_live_tables_while_the_live_sink_lags_writes_nothing_twice() {
     // The backlog is in the stream before the sink starts, so it lags for a while.
     let report = finish_publish(pipeline.spawn_publish_wave(total, 20));
     assert_eq!(report["distinct_valid"], total);
-    let mut sink = spawn_logged(&pipeline, "sink", SMALL_BATCHES);
+    let flags = [SMALL_BATCHES, ACKS].concat();
+    let mut sink = spawn_logged(&pipeline, "sink", &flags);
     pipeline.wait_for_rows(WAVE, 10_000, Duration::from_secs(120));
     kill(sink.pid(), Signal::SIGSTOP).unwrap();
     // An INSERT whose body was sent completes on the server.
@@ -520,7 +521,8 @@ fn replay_into_live_tables_while_the_live_sink_lags_writes_nothing_twice() {
 #[test]
 fn partitioned_sink_beside_unpartitioned_consumer_is_refused() {
     let pipeline = Pipeline::start_with_nats_config("layout-conflict", &mappings(2));
-    let mut unpartitioned = spawn_logged(&pipeline, "unpartitioned", SMALL_BATCHES);
+    let flags = [SMALL_BATCHES, ACKS].concat();
+    let mut unpartitioned = spawn_logged(&pipeline, "unpartitioned", &flags);
     let report = pipeline.publish(&["--kind", "wave", "--count", "20000", "--sites", "40"]);
     assert_eq!(report["distinct_valid"], 20_000);
     assert_eq!(
@@ -537,6 +539,7 @@ fn partitioned_sink_beside_unpartitioned_consumer_is_refused() {
         [
             &["--partitions", "2", "--partition", index][..],
             SMALL_BATCHES,
+            ACKS,
         ]
         .concat()
     };
@@ -682,6 +685,8 @@ fn pull_without_acking(pipeline: &Pipeline, name: &str, count: u64) -> u64 {
 fn clickhouse_outage_longer_than_reread_inactive_threshold_waits_and_recovers() {
     let mut pipeline = Pipeline::start("reread-outage");
     let flags: &[&str] = &[
+        "--positions",
+        "acks",
         "--reread-inactive-threshold",
         "2s",
         "--batch-rows",

@@ -29,6 +29,8 @@ fn two_partitions_one_sink_killed_and_restarted_write_each_event_once() {
     let pipeline = Pipeline::start_with_nats_config("partitions", &mappings(PARTITIONS));
     let sink_flags = |index: u32| -> Vec<String> {
         [
+            "--positions",
+            "acks",
             "--partitions",
             &PARTITIONS.to_string(),
             "--partition",
