@@ -534,24 +534,15 @@ async fn sink_side(
         .into_iter()
         .enumerate()
         {
-            let meter = procs::CpuMeter::start(&[nats_watch.clone(), bench_watch.clone()]);
-            let consumed = stream::raw_consume(
+            let (consumed, cpu) = measured_raw_consume(
                 &jetstream,
+                plan,
                 &format!("bench-raw-{index}"),
                 plan.events,
-                plan.pull_batch,
                 mode,
-                plan.raw_filter.clone(),
+                &[nats_watch.clone(), bench_watch.clone()],
             )
             .await?;
-            let cpu = meter.finish();
-            tracing::info!(
-                mode = mode.label(),
-                seconds = consumed.seconds,
-                rate = (consumed.messages as f64 / consumed.seconds) as u64,
-                cpu = %cpu.summary(),
-                "raw consume"
-            );
             results.raw_consume.push((mode, consumed, cpu));
         }
 
@@ -685,25 +676,17 @@ async fn sink_side(
         stream::fill(&jetstream, plan.events + latency_events, more, false).await?;
         let total = stream::stream_messages(&jetstream).await?;
         if plan.runs(Phase::Raw) {
-            let meter = procs::CpuMeter::start(&[nats_watch.clone(), bench_watch.clone()]);
-            let consumed = stream::raw_consume(
-                &jetstream,
-                "bench-raw-large",
-                total,
-                plan.pull_batch,
-                AckMode::None,
-                plan.raw_filter.clone(),
-            )
-            .await?;
-            let cpu = meter.finish();
-            tracing::info!(
-                events = consumed.messages,
-                seconds = consumed.seconds,
-                rate = (consumed.messages as f64 / consumed.seconds) as u64,
-                cpu = %cpu.summary(),
-                "raw consume of the larger stream"
+            results.raw_consume_large = Some(
+                measured_raw_consume(
+                    &jetstream,
+                    plan,
+                    "bench-raw-large",
+                    total,
+                    AckMode::None,
+                    &[nats_watch.clone(), bench_watch.clone()],
+                )
+                .await?,
             );
-            results.raw_consume_large = Some((consumed, cpu));
         }
         warehouse::wait_for_merges(&ch_url, merges_of, Duration::from_secs(60)).await;
         let started = Instant::now();
@@ -944,4 +927,37 @@ async fn bridge_side(
     drop(mosquitto);
     drop(nats);
     Ok(())
+}
+
+/// One raw consume of the first `count` messages of `WAVE` (consumer `name`, acking as `mode`
+/// says), with the CPU `watched` took meanwhile.
+async fn measured_raw_consume(
+    jetstream: &async_nats::jetstream::Context,
+    plan: &Plan,
+    name: &str,
+    count: u64,
+    mode: AckMode,
+    watched: &[procs::Watched],
+) -> anyhow::Result<(stream::Consumed, procs::CpuUsage)> {
+    let meter = procs::CpuMeter::start(watched);
+    let consumed = stream::raw_consume(
+        jetstream,
+        name,
+        count,
+        plan.pull_batch,
+        mode,
+        plan.raw_filter.clone(),
+    )
+    .await?;
+    let cpu = meter.finish();
+    tracing::info!(
+        consumer = name,
+        mode = mode.label(),
+        events = consumed.messages,
+        seconds = consumed.seconds,
+        rate = consumed.rate() as u64,
+        cpu = %cpu.summary(),
+        "raw consume"
+    );
+    Ok((consumed, cpu))
 }

@@ -35,10 +35,9 @@ pub use mimalloc::MiMalloc as Allocator;
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), whatever
 /// the host's `/sys/kernel/mm/transparent_hugepage` setting and mimalloc's own
 /// `MADV_HUGEPAGE` advice say. The sink frees and refills batches of tens of megabytes; with
-/// huge pages every refault of a purged range zeroes a whole 2 MiB page, which cost it a
-/// quarter of its CPU time (BENCHMARKS.md, 2026-12-07). The flag is the process's own: it is
-/// checked at every page fault, so calling this early in `main` covers memory already mapped,
-/// and it changes nothing on the host.
+/// huge pages on, the kernel zeroing 2 MiB pages on its faults took a quarter of its CPU time
+/// (BENCHMARKS.md, 2026-12-07). The flag belongs to the process and is read at page faults,
+/// so it also applies to memory mapped before the call; it changes nothing on the host.
 ///
 /// # Errors
 ///

@@ -10,12 +10,11 @@ use nix::unistd::Pid;
 use test_support::probe::{http_get, metric_value};
 
 use crate::faults::assert_exact;
-use crate::{finish_publish, Pipeline, Sink};
+use crate::{finish_publish, Pipeline, Sink, ACKS};
 
+/// Each test here also checks the durable consumer, so every sink reads with acks
+/// (`ACKS`, added by [`flags`]).
 const FLAGS: &[&str] = &[
-    // Each test here also checks the durable consumer (crate::ACKS).
-    "--positions",
-    "acks",
     "--batch-rows",
     "5000",
     "--flush-interval",
@@ -25,6 +24,11 @@ const FLAGS: &[&str] = &[
     "--insert-timeout",
     "3s",
 ];
+
+/// [`FLAGS`] with acks, then `extra`.
+fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    [FLAGS, ACKS, extra].concat()
+}
 
 fn metric(sink: &Sink, name: &str, labels: &str) -> Option<f64> {
     let (_, page) = http_get(sink.http_port, "/metrics")?;
@@ -66,12 +70,12 @@ fn standby_takes_over_a_frozen_sink_which_then_stops_without_acking() {
     let pipeline = Pipeline::start("lease");
     // A backlog, so the holder is frozen with deliveries in hand (up to 3 batches un-acked).
     let (total, publisher) = publish_backlog(&pipeline);
-    let first_flags = [FLAGS, &["--instance-id", "first"]].concat();
+    let first_flags = flags(&["--instance-id", "first"]);
     let mut first = pipeline.spawn_sink(&first_flags);
     wait_for("the first sink's rows", Duration::from_secs(60), || {
         metric(&first, "nomadwave_sink_rows_written_total", "kind=\"wave\"").unwrap_or(0.0) > 0.0
     });
-    let second_flags = [FLAGS, &["--instance-id", "second"]].concat();
+    let second_flags = flags(&["--instance-id", "second"]);
     let second = pipeline.spawn_sink(&second_flags);
     let lease_metric = "nomadwave_sink_lease_held";
     let labels = "consumer=\"sink-clickhouse\"";
@@ -159,7 +163,7 @@ fn consumer_created_with_explicit_acks_keeps_them_and_every_event_lands_once() {
                 .await
                 .unwrap();
         });
-    let _sink = pipeline.spawn_sink(FLAGS);
+    let _sink = pipeline.spawn_sink(&flags(&[]));
     let report = finish_publish(publisher);
     assert_eq!(report["distinct_valid"], 20_000);
     assert_exact(&pipeline, "wave_observations", 20_000);
@@ -172,7 +176,7 @@ fn consumer_created_with_explicit_acks_keeps_them_and_every_event_lands_once() {
 fn deliveries_taken_by_another_puller_are_reread_not_acked_away() {
     let pipeline = Pipeline::start("delivery-gap");
     let (total, publisher) = publish_backlog(&pipeline);
-    let sink = pipeline.spawn_sink(FLAGS);
+    let sink = pipeline.spawn_sink(&flags(&[]));
     wait_for("the sink's rows", Duration::from_secs(60), || {
         metric(&sink, "nomadwave_sink_rows_written_total", "kind=\"wave\"").unwrap_or(0.0) > 0.0
     });
@@ -226,7 +230,7 @@ fn two_processes_with_one_instance_id_do_not_both_hold_the_lease() {
     let (total, publisher) = publish_backlog(&pipeline);
     // One id for both, as when an allocation is restarted while its predecessor still runs, or
     // an operator starts a second copy with the same flags.
-    let flags = [FLAGS, &["--instance-id", "copy-pasted"]].concat();
+    let flags = flags(&["--instance-id", "copy-pasted"]);
     let mut first = pipeline.spawn_sink(&flags);
     wait_for("the first sink's rows", Duration::from_secs(60), || {
         metric(&first, "nomadwave_sink_rows_written_total", "kind=\"wave\"").unwrap_or(0.0) > 0.0

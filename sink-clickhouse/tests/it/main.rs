@@ -33,11 +33,11 @@ pub struct Pipeline {
     pub duplicate_window: &'static str,
 }
 
-/// A running `sink-clickhouse run`, killed on drop.
 /// The flags of a test about acknowledging reads (the durable consumer, its ack floor and
 /// recovery, partitions): it keeps this mode under `NOMADWAVE_SINK_POSITIONS=table` too.
 pub const ACKS: &[&str] = &["--positions", "acks"];
 
+/// A running `sink-clickhouse run`, killed on drop.
 pub struct Sink {
     pub child: Child,
     pub http_port: u16,

@@ -684,26 +684,28 @@ fn pull_without_acking(pipeline: &Pipeline, name: &str, count: u64) -> u64 {
 #[test]
 fn clickhouse_outage_longer_than_reread_inactive_threshold_waits_and_recovers() {
     let mut pipeline = Pipeline::start("reread-outage");
-    let flags: &[&str] = &[
-        "--positions",
-        "acks",
-        "--reread-inactive-threshold",
-        "2s",
-        "--batch-rows",
-        "1000",
-        "--max-ack-pending",
-        "50000",
-        "--flush-interval",
-        "250ms",
-        "--ack-wait",
-        "5s",
-        "--insert-timeout",
-        "2s",
-    ];
+    let flags = [
+        ACKS,
+        &[
+            "--reread-inactive-threshold",
+            "2s",
+            "--batch-rows",
+            "1000",
+            "--max-ack-pending",
+            "50000",
+            "--flush-interval",
+            "250ms",
+            "--ack-wait",
+            "5s",
+            "--insert-timeout",
+            "2s",
+        ][..],
+    ]
+    .concat();
     let total: u64 = 100_000;
     let report = finish_publish(pipeline.spawn_publish_wave(total, 20));
     assert_eq!(report["distinct_valid"], total);
-    let mut first = spawn_logged(&pipeline, "first", flags);
+    let mut first = spawn_logged(&pipeline, "first", &flags);
     pipeline.wait_for_rows(WAVE, 5_000, Duration::from_secs(120));
     kill(first.pid(), Signal::SIGTERM).unwrap();
     let status = first
@@ -715,7 +717,7 @@ fn clickhouse_outage_longer_than_reread_inactive_threshold_waits_and_recovers() 
     // first ack, and ClickHouse goes away while it does.
     let taken = pull_without_acking(&pipeline, "sink-clickhouse", 30_000);
     assert_eq!(taken, 30_000);
-    let mut sink = spawn_logged(&pipeline, "second", flags);
+    let mut sink = spawn_logged(&pipeline, "second", &flags);
     let rereading = sink.wait_for_log(
         "messages delivered but not acked; re-reading them",
         Duration::from_secs(60),

@@ -7,7 +7,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use schema::Kind;
 
-use crate::faults::assert_exact;
+use crate::faults::{assert_exact, SMALL_BATCHES};
 use crate::{finish_publish, Pipeline};
 
 const PARTITIONS: u32 = 2;
@@ -29,21 +29,16 @@ fn two_partitions_one_sink_killed_and_restarted_write_each_event_once() {
     let pipeline = Pipeline::start_with_nats_config("partitions", &mappings(PARTITIONS));
     let sink_flags = |index: u32| -> Vec<String> {
         [
-            "--positions",
-            "acks",
-            "--partitions",
-            &PARTITIONS.to_string(),
-            "--partition",
-            &index.to_string(),
-            "--batch-rows",
-            "5000",
-            "--flush-interval",
-            "250ms",
-            "--ack-wait",
-            "5s",
-            "--insert-timeout",
-            "3s",
+            crate::ACKS,
+            &[
+                "--partitions",
+                &PARTITIONS.to_string(),
+                "--partition",
+                &index.to_string(),
+            ],
+            SMALL_BATCHES,
         ]
+        .concat()
         .iter()
         .map(|flag| flag.to_string())
         .collect()

@@ -289,11 +289,8 @@ fn stream_recreated_under_a_table_mode_sink_starts_again_at_its_first_message() 
 fn switching_from_acks_to_table_resumes_after_the_durable_ack_floor() {
     let pipeline = Pipeline::start("positions-switch");
     let (first_count, more_count): (u64, u64) = (10_000, 5_000);
-    let mut acks = spawn_logged(
-        &pipeline,
-        "acks",
-        &["--flush-interval", "250ms", "--positions", "acks"],
-    );
+    let flags = [&["--flush-interval", "250ms"][..], crate::ACKS].concat();
+    let mut acks = spawn_logged(&pipeline, "acks", &flags);
     let report = finish_publish(pipeline.spawn_publish_wave(first_count, 20));
     assert_eq!(report["distinct_valid"], first_count);
     assert_eq!(
